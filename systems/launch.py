@@ -1,0 +1,105 @@
+"""The `distill3d` command: a Hydra app that trains, tests (turntable) and exports (DESIGN.md §5).
+
+    distill3d                                   # the offline demo (oracle prior + NeRF)
+    distill3d experiment=dreamfusion-sd prompt="a hamburger"
+    distill3d resume=outputs/demo/a_snowman@20260101-120000 trainer.max_steps=2000
+    distill3d mode=test resume=<run dir>        # re-render the turntable
+    distill3d -m prompt="a snowman,a donut"     # Hydra multirun sweep
+
+Bad input (unknown key or experiment, impossible value, missing file or weights) ends with one line on
+stderr naming the problem and the fix, exit code 2, and nothing written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from systems.config_utils import ConfigError
+from systems.overrides import apply_overrides, precheck
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+log = logging.getLogger("distill3d")
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"distill3d: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input (reported in one line), imported lazily to keep start-up fast."""
+    from distill.models import WeightsNotFoundError
+    from geometry.scene_io import SceneError
+    from systems.base import NonFiniteAbort
+
+    return ConfigError, SceneError, WeightsNotFoundError, FileNotFoundError, NonFiniteAbort
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for noisy in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    argv = sys.argv[1:]
+    if not CONFIG_DIR.is_dir():
+        fail(
+            f"configs not found at {CONFIG_DIR}: install distill3d from its source tree with `pip install -e .`"
+        )
+    try:
+        precheck(CONFIG_DIR, argv)
+    except ConfigError as e:
+        fail(str(e))
+    sys.argv[1:] = argv
+    _app()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
+def _app(cfg: DictConfig) -> None:
+    errors = user_errors()
+    try:
+        code = execute(cfg, list(HydraConfig.get().overrides.task))
+    except errors as e:
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    if code:
+        sys.exit(code)
+
+
+def resolved_config(cfg: DictConfig, task_overrides: list[str]) -> dict[str, Any]:
+    """The run's full config. With resume=, the resumed run's config.yaml plus this command's overrides."""
+    raw = OmegaConf.to_container(cfg, resolve=True)
+    if not raw.get("resume"):
+        return raw
+    from systems.run_dir import resolve_checkpoint
+
+    run_dir, _ = resolve_checkpoint(raw["resume"], "resume")
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        raise FileNotFoundError(f"resume={raw['resume']}: {saved_path} is missing; it is not a distill3d run")
+    saved = OmegaConf.load(saved_path)
+    keep = ("resume", "mode", "weights", "run_dir", "experiment")
+    apply_overrides(saved, [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") not in keep])
+    merged = OmegaConf.to_container(saved, resolve=True)
+    merged.update(resume=raw["resume"], mode=raw["mode"], weights=None, run_dir=None)
+    return merged
+
+
+def execute(cfg: DictConfig, task_overrides: list[str]) -> int:
+    from systems.runner import Runner
+
+    raw = resolved_config(cfg, task_overrides)
+    runner = Runner.from_config(raw)
+    start = time.perf_counter()
+    return runner.run(start)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Optimizers with per-module learning rates and optional LR schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimizerConfig:
+    """`param_groups` maps a parameter-name prefix (e.g. "geometry.encoding") to its learning rate.
+
+    Parameters matching no prefix use `lr`. The longest matching prefix wins.
+    """
+
+    name: str = "adam"  # adam | adamw
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1e-15
+    weight_decay: float = 0.0
+    param_groups: dict[str, float] = field(default_factory=dict)
+    lr_scheduler: str = "none"  # none | exponential | cosine
+    lr_final_ratio: float = 0.1  # lr at the last step / initial lr, for exponential and cosine
+
+    def validate(self) -> None:
+        if self.name not in ("adam", "adamw"):
+            raise ValueError(f"optimizer.name must be 'adam' or 'adamw', got '{self.name}'")
+        if self.lr_scheduler not in ("none", "exponential", "cosine"):
+            raise ValueError(
+                f"optimizer.lr_scheduler must be none|exponential|cosine, got '{self.lr_scheduler}'"
+            )
+        if self.lr <= 0 or any(v <= 0 for v in self.param_groups.values()):
+            raise ValueError("learning rates must be positive")
+        if not 0 < self.lr_final_ratio <= 1:
+            raise ValueError("optimizer.lr_final_ratio must be in (0, 1]")
+
+
+def group_parameters(
+    cfg: OptimizerConfig, named_parameters: Iterable[tuple[str, nn.Parameter]]
+) -> list[dict]:
+    prefixes = sorted(cfg.param_groups, key=len, reverse=True)
+    groups: dict[str, list[nn.Parameter]] = {}
+    for name, p in named_parameters:
+        if not p.requires_grad:
+            continue
+        key = next((pre for pre in prefixes if name == pre or name.startswith(pre + ".")), "")
+        groups.setdefault(key, []).append(p)
+    unused = [pre for pre in cfg.param_groups if pre not in groups]
+    if unused:
+        raise ValueError(
+            f"optimizer.param_groups names no parameters: {unused} (prefixes of parameter names)"
+        )
+    return [
+        {"params": params, "lr": cfg.param_groups.get(key, cfg.lr), "name": key or "default"}
+        for key, params in groups.items()
+    ]
+
+
+def build_optimizer(cfg: OptimizerConfig, named_parameters) -> torch.optim.Optimizer:
+    groups = group_parameters(cfg, named_parameters)
+    cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
+    return cls(groups, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+
+
+def build_lr_scheduler(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, max_steps: int):
+    if cfg.lr_scheduler == "none":
+        return None
+    steps = max(1, max_steps)
+    if cfg.lr_scheduler == "exponential":
+        gamma = cfg.lr_final_ratio ** (1.0 / steps)
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+
+    def cosine(step: int) -> float:
+        r = min(1.0, step / steps)
+        return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * r))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)

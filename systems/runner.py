@@ -1,0 +1,214 @@
+"""One distill3d run: validate → build → (train) → turntable → metrics → export → summary.json.
+
+Everything that can be wrong with the input is checked before the run directory is created or any weights
+load, so bad input leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from systems.base import RunInfo, SystemConfig
+from systems.callbacks import GracefulInterrupt, StepProgressBar, save_checkpoint_atomically
+from systems.config_utils import ConfigError, build_config, config_class, import_target
+from systems.data import RandomCameraDataModule, orbit_cameras
+from systems.guidance_factory import (
+    ORACLE,
+    build_frozen_parts,
+    guidance_model,
+    oracle_scene,
+    validate_guidance,
+)
+from systems.loggers import build_logger
+from systems.run_config import RunConfig
+from systems.run_dir import (
+    CKPT_NAME,
+    new_run_dir,
+    read_summary,
+    resolve_checkpoint,
+    slug,
+    write_config,
+    write_summary,
+)
+
+log = logging.getLogger("distill3d")
+
+
+@dataclass
+class Runner:
+    raw: dict[str, Any]
+    cfg: RunConfig
+    system_cls: type
+    system_cfg: SystemConfig
+
+    @classmethod
+    def from_config(cls, raw: dict[str, Any]) -> Runner:
+        """Typed validation of everything, without touching weights or the disk."""
+        cfg = build_config(RunConfig, raw, "config")
+        section = dict(cfg.system)
+        system_cls = import_target(section.pop("_target_"), "system")
+        system_cfg = build_config(config_class(system_cls) or SystemConfig, section, "system")
+        validate_guidance(system_cfg.guidance, system_cfg.prompt_processor)
+        if guidance_model(system_cfg.guidance) == ORACLE:
+            oracle_scene(cfg.prompt, cfg.scene)  # a missing or malformed scene file fails here
+        for target in (cfg.resume, cfg.weights):
+            if target:
+                resolve_checkpoint(target, "resume" if target == cfg.resume else "weights")
+        return cls(raw, cfg, system_cls, system_cfg)
+
+    # ---- building -------------------------------------------------------------------------------------
+    def build_system(self):
+        cfg = self.cfg
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        run = RunInfo(cfg.prompt, cfg.negative_prompt, cfg.scene, cfg.trainer.max_steps, cfg.seed)
+        system = self.system_cls(self.system_cfg, run)
+        datamodule = RandomCameraDataModule(cfg.data)
+        system.camera_sampler = datamodule.sampler
+        return system, datamodule
+
+    def attach_frozen(self, system, training: bool) -> None:
+        cfg, scfg = self.cfg, self.system_cfg
+        if training:
+            parts = build_frozen_parts(
+                scfg.guidance,
+                scfg.prompt_processor,
+                cfg.prompt,
+                cfg.negative_prompt,
+                cfg.scene,
+                cfg.trainer.max_steps,
+            )
+            system.set_guidance(parts.guidance, parts.prompt_embeddings)
+            system.scene = parts.scene
+        elif guidance_model(scfg.guidance) == ORACLE:
+            system.scene = oracle_scene(cfg.prompt, cfg.scene)
+
+    def run_directory(self) -> Path:
+        cfg = self.cfg
+        if cfg.resume:
+            return resolve_checkpoint(cfg.resume, "resume")[0]
+        if cfg.run_dir:
+            return Path(cfg.run_dir)
+        tag = cfg.tag or slug(cfg.prompt or Path(cfg.scene or "scene").stem)
+        return new_run_dir(cfg.output_root, cfg.experiment_name, tag)
+
+    def trainer(self, run_dir: Path, callbacks: list, logger) -> pl.Trainer:
+        t = self.cfg.trainer
+        interval = t.val_check_interval if 0 < t.val_check_interval <= max(t.max_steps, 1) else None
+        return pl.Trainer(
+            max_steps=t.max_steps,
+            max_epochs=-1,
+            accelerator=t.accelerator,
+            devices=t.devices,
+            precision=t.precision,
+            logger=logger,
+            callbacks=[StepProgressBar(), *callbacks] if t.enable_progress_bar else callbacks,
+            enable_progress_bar=t.enable_progress_bar,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            val_check_interval=interval,
+            check_val_every_n_epoch=None,
+            limit_val_batches=1.0 if interval else 0,
+            log_every_n_steps=t.log_every_n_steps,
+            inference_mode=False,  # analytic normals need autograd during evaluation
+            default_root_dir=str(run_dir),
+        )
+
+    # ---- running -------------------------------------------------------------------------------------
+    def run(self, start: float) -> int:
+        cfg = self.cfg
+        training = cfg.mode == "train"
+        system, datamodule = self.build_system()
+        self.attach_frozen(system, training)  # loads weights: after validation, before any disk write
+        run_dir = self.run_directory()
+        ckpt_path = run_dir / CKPT_NAME
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if training:
+            write_config(run_dir, self.raw)
+        system.run_dir = run_dir
+        logger = build_logger(cfg.logger, run_dir)
+        interrupt = GracefulInterrupt(ckpt_path)
+        trainer = self.trainer(run_dir, [interrupt], logger)
+        summary = read_summary(run_dir) if cfg.resume else {}
+        summary.update(experiment=cfg.experiment_name, prompt=cfg.prompt, mode=cfg.mode, run_dir=str(run_dir))
+        artifacts = summary.setdefault("artifacts", {})
+        artifacts["config"] = str(run_dir / "config.yaml")
+
+        if training:
+            resume_ckpt = resolve_checkpoint(cfg.resume, "resume")[1] if cfg.resume else None
+            if cfg.weights:
+                load_weights(system, resolve_checkpoint(cfg.weights, "weights")[1])
+            train_start = time.perf_counter()
+            trainer.fit(system, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
+            summary["train_seconds"] = time.perf_counter() - train_start
+            if interrupt.received is None:
+                save_checkpoint_atomically(trainer, ckpt_path)
+            artifacts["checkpoint"] = str(ckpt_path)
+            summary.update(steps=trainer.global_step, skipped_steps=system.skipped_steps)
+            artifacts["validation"] = artifacts.get("validation", []) + system.artifacts.get("validation", [])
+            if interrupt.received is not None:
+                summary.update(status="interrupted", wall_seconds=time.perf_counter() - start)
+                write_summary(run_dir, summary)
+                print(
+                    f"distill3d: {interrupt.signal_name} received at step {trainer.global_step}: checkpoint saved"
+                    f" to {ckpt_path}\ncontinue with: distill3d resume={run_dir}"
+                )
+                return 128 + int(interrupt.received)
+        else:
+            load_weights(system, resolve_checkpoint(cfg.resume or cfg.weights, "resume")[1])
+            summary.setdefault(
+                "steps",
+                int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
+                if ckpt_path.exists()
+                else 0,
+            )
+
+        if cfg.mode in ("train", "test"):
+            trainer.test(system, datamodule=datamodule, verbose=False)
+            if "video" in system.artifacts:
+                artifacts["video"] = system.artifacts["video"]
+        metrics = self.evaluate(system)
+        if metrics:
+            summary["metrics"] = {**summary.get("metrics", {}), **metrics}
+        summary.update(status="completed", wall_seconds=time.perf_counter() - start)
+        write_summary(run_dir, summary)
+        self.report(run_dir, summary)
+        return 0
+
+    def evaluate(self, system) -> dict[str, float]:
+        e = self.cfg.eval
+        if system.scene is None or e.n_views <= 0:
+            return {}
+        cams = orbit_cameras(self.cfg.data, e.n_views, e.elevation, e.azimuth_offset, e.height)
+        return system.evaluate_against_scene(cams)
+
+    @staticmethod
+    def report(run_dir: Path, summary: dict[str, Any]) -> None:
+        metrics = summary.get("metrics", {})
+        if "psnr" in metrics:
+            print(
+                f"PSNR vs analytic ground truth: {metrics['psnr']:.2f} dB (min {metrics['psnr_min']:.2f} dB) over"
+                f" {metrics['psnr_views']} held-out views"
+            )
+        print(
+            f"wall time: {summary['wall_seconds']:.1f} s, steps: {summary.get('steps', 0)},"
+            f" skipped steps: {summary.get('skipped_steps', 0)}"
+        )
+        print(f"run directory: {run_dir}")
+
+
+def load_weights(system, ckpt: Path) -> None:
+    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    missing, unexpected = system.load_state_dict(state["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ConfigError(
+            f"checkpoint {ckpt} does not fit this system (missing {len(missing)}, unexpected {len(unexpected)} keys):"
+            " use the same experiment and geometry settings it was trained with"
+        )
