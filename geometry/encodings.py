@@ -275,7 +275,9 @@ class HashGrid(nn.Module):
 
     def _encode_chunk_dense(self, x: Tensor) -> Tensor:
         """Dense levels through grid_sample, hashed levels (and wrapped boundary points) through the gather."""
-        feats, table = self.cfg.n_features_per_level, self.params.view(-1, self.cfg.n_features_per_level)
+        feats = self.cfg.n_features_per_level
+        # split (not slicing per level): its backward assembles the parameter gradient with one cat
+        tables = self.params.split([lv["size"] * feats for lv in self.layout])
         hashed = [i for i, lv in enumerate(self.layout) if not lv["dense"]]
         hashed_out = None
         if hashed:
@@ -290,8 +292,8 @@ class HashGrid(nn.Module):
                 levels.append(hashed_out[:, n_hashed])
                 n_hashed += 1
                 continue
-            res, off = lv["resolution"], lv["offset"]
-            volume = table[off : off + res**3].view(res, res, res, feats).permute(3, 0, 1, 2)
+            res = lv["resolution"]
+            volume = tables[i][: res**3 * feats].view(res, res, res, feats).permute(3, 0, 1, 2)
             values, outside = dense_level_encode(x, volume, lv["scale"])
             if outside.any():  # exact tcnn wrap-around semantics for the few boundary points
                 idx = outside.nonzero().squeeze(-1)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -21,72 +20,27 @@ from torch import Tensor
 from geometry.cameras import Cameras
 from geometry.render_output import RenderOutput
 from systems.config_utils import ConfigError, instantiate
-from systems.optim import OptimizerConfig, build_lr_scheduler, build_optimizer
-from systems.schedules import ScheduledValue
+from systems.optim import build_lr_scheduler, build_optimizer
+from systems.system_config import RunInfo, SystemConfig
 
 log = logging.getLogger("distill3d")
 
 
-@dataclass
-class LossConfig:
-    """Loss weights: numbers or ramps [start_step, start_value, end_value, end_step] (systems/schedules.py)."""
-
-    lambda_guidance: Any = 1.0
-    lambda_orient: Any = 0.0
-    lambda_sparsity: Any = 0.0
-    lambda_opaque: Any = 0.0
-    lambda_z_variance: Any = 0.0
-
-    def schedules(self) -> dict[str, ScheduledValue]:
-        return {f.name: ScheduledValue.parse(getattr(self, f.name), f"loss.{f.name}") for f in fields(self)}
-
-    def validate(self) -> None:
-        self.schedules()
+def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
+    """numpy's RNG state as tensors and Python numbers: checkpoints stay loadable with weights_only=True."""
+    kind, keys, pos, has_gauss, cached = state
+    return {
+        "kind": kind,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }
 
 
-@dataclass
-class ShadingConfig:
-    """Which shading the renderer uses each step (REFERENCE.md, NeRF: Shading)."""
-
-    mode: str = "random"  # "albedo": always unlit; "random": ambient-only warm-up, then random
-    ambient_only_steps: int = 2000
-    textureless_prob: float = 0.5
-
-    def validate(self) -> None:
-        if self.mode not in ("albedo", "random"):
-            raise ValueError(f"shading.mode must be 'albedo' or 'random', got '{self.mode}'")
-        if not 0.0 <= self.textureless_prob <= 1.0:
-            raise ValueError(f"shading.textureless_prob must be in [0, 1], got {self.textureless_prob}")
-
-
-@dataclass
-class SystemConfig:
-    geometry: dict = field(default_factory=dict)
-    material: dict = field(default_factory=dict)
-    background: dict = field(default_factory=dict)
-    renderer: dict = field(default_factory=dict)
-    guidance: dict = field(default_factory=dict)
-    prompt_processor: dict = field(default_factory=dict)
-    loss: LossConfig = field(default_factory=LossConfig)
-    shading: ShadingConfig = field(default_factory=ShadingConfig)
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    max_nonfinite_in_a_row: int = 20
-    eval_chunk_views: int = 4
-
-    def validate(self) -> None:
-        if self.max_nonfinite_in_a_row < 1:
-            raise ValueError("system.max_nonfinite_in_a_row must be >= 1")
-
-
-@dataclass
-class RunInfo:
-    """What the launcher tells the system about the run (not part of the recipe)."""
-
-    prompt: str
-    negative_prompt: str = ""
-    scene: str | None = None
-    max_steps: int = 1000
-    seed: int = 0
+def _numpy_state_from_plain(plain: dict[str, Any]) -> tuple:
+    keys = plain["keys"].numpy().astype(np.uint32)
+    return plain["kind"], keys, plain["pos"], plain["has_gauss"], plain["cached"]
 
 
 class NonFiniteAbort(RuntimeError):
@@ -147,6 +101,7 @@ class BaseSystem(pl.LightningModule):
 
     # ---- training ---------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
+        self._restore_rng()
         step = self.global_step
         weights = self.update_step(step)
         cameras = self.camera_sampler.sample(step).to(self.device)
@@ -219,7 +174,7 @@ class BaseSystem(pl.LightningModule):
         checkpoint["distill3d"] = {
             "rng_torch": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "rng_numpy": np.random.get_state(),
+            "rng_numpy": _numpy_state_to_plain(np.random.get_state()),
             "rng_python": random.getstate(),
             "skipped_steps": self.skipped_steps,
         }
@@ -231,14 +186,15 @@ class BaseSystem(pl.LightningModule):
         self._pending_rng = state
         self.skipped_steps = int(state.get("skipped_steps", 0))
 
-    def on_train_start(self) -> None:
-        # Restore RNGs as the very last thing before the first resumed step (Lightning seeds before this).
+    def _restore_rng(self) -> None:
+        """Restore the checkpoint's RNG states at the first resumed step itself, so that nothing Lightning
+        draws while starting up (e.g. a DataLoader's base seed) shifts the random stream of training."""
         state = getattr(self, "_pending_rng", None)
         if state is None:
             return
         torch.set_rng_state(state["rng_torch"])
         if state.get("rng_cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        np.random.set_state(state["rng_numpy"])
+        np.random.set_state(_numpy_state_from_plain(state["rng_numpy"]))
         random.setstate(state["rng_python"])
         self._pending_rng = None

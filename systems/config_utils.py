@@ -25,11 +25,15 @@ class ConfigError(ValueError):
     """Bad configuration given by the user (one line: the problem and the fix)."""
 
 
-def suggest(key: str, candidates: list[str]) -> str:
+def suggest(key: str, candidates: list[str], prefix: str = "") -> str:
     close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     if close:
-        return f"did you mean '{close[0]}'?"
+        return f"did you mean '{_join(prefix, close[0])}'?"
     return "valid keys: " + ", ".join(sorted(candidates))
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
@@ -86,15 +90,16 @@ def build_config(cls: type[T], values: Mapping[str, Any] | DictConfig | None, wh
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"unknown key '{where}.{key}': {suggest(key, sorted(fields))}")
-        kwargs[key] = _coerce(value, hints.get(key, Any), f"{where}.{key}")
+            raise ConfigError(f"unknown key '{_join(where, key)}': {suggest(key, sorted(fields), where)}")
+        kwargs[key] = _coerce(value, hints.get(key, Any), _join(where, key))
     try:
         obj = cls(**kwargs)
         validate = getattr(obj, "validate", None)
         if callable(validate):
             validate()
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {str(e).splitlines()[0]}") from None
+        message = str(e).splitlines()[0]
+        raise ConfigError(message if not where or where in message else f"{where}: {message}") from None
     return obj
 
 

@@ -1,4 +1,4 @@
-"""Random-camera data for score distillation: training cameras, validation views, the test turntable.
+"""Random cameras for score distillation: training camera batches, evaluation orbits (no Lightning here).
 
 Training batches are a pure function of (seed, step): a run resumed at step k sees exactly the cameras
 the uninterrupted run saw, without saving any sampler state.
@@ -9,11 +9,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from geometry.cameras import Cameras, c2w_from_spherical, look_at, make_cameras
 
@@ -178,51 +176,3 @@ def orbit_cameras(
     cams = make_cameras(elevation, azimuth, distance, fovy, height, width)
     cams.light_position = cams.position.clone()
     return cams
-
-
-class _StepTicks(IterableDataset):
-    """An endless stream of placeholders, one per training step.
-
-    The system samples its cameras from the step itself (RandomCameraSampler.sample(global_step)) instead of
-    taking them from the loader, because Lightning fetches batches ahead of time: a loader-side schedule
-    would lag the step, and an exact resume would need the loader's state.
-    """
-
-    def __iter__(self):
-        while True:
-            yield torch.zeros(())
-
-
-class _ViewList(Dataset):
-    def __init__(self, cameras: Cameras) -> None:
-        self.cameras = cameras
-
-    def __len__(self) -> int:
-        return len(self.cameras)
-
-    def __getitem__(self, index: int) -> Cameras:
-        return self.cameras[index]
-
-
-def _identity(batch):
-    return batch
-
-
-class RandomCameraDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: RandomCameraConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.sampler = RandomCameraSampler(cfg)
-
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(_StepTicks(), batch_size=None, collate_fn=_identity, num_workers=0)
-
-    def val_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _ViewList(orbit_cameras(self.cfg, self.cfg.n_val_views)), batch_size=None, collate_fn=_identity
-        )
-
-    def test_dataloader(self) -> DataLoader:
-        return DataLoader(
-            _ViewList(orbit_cameras(self.cfg, self.cfg.n_test_views)), batch_size=None, collate_fn=_identity
-        )

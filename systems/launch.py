@@ -34,19 +34,24 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input (reported in one line), imported lazily to keep start-up fast."""
-    from distill.models import WeightsNotFoundError
-    from geometry.scene_io import SceneError
-    from systems.base import NonFiniteAbort
-
-    return ConfigError, SceneError, WeightsNotFoundError, FileNotFoundError, NonFiniteAbort
+def is_user_error(error: BaseException) -> bool:
+    """Bad input (reported in one line) vs a bug (traceback). Classes are looked up only in modules that are
+    already imported: an error cannot come from a module that never loaded, and start-up stays fast."""
+    kinds: list[type] = [ConfigError, FileNotFoundError]
+    for module, name in (
+        ("distill.models", "WeightsNotFoundError"),
+        ("geometry.scene_io", "SceneError"),
+        ("systems.base", "NonFiniteAbort"),
+        ("systems.export", "ExportError"),
+    ):
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type):
+            kinds.append(cls)
+    return isinstance(error, tuple(kinds))
 
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    for noisy in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
     argv = sys.argv[1:]
     if not CONFIG_DIR.is_dir():
         fail(
@@ -62,13 +67,14 @@ def main() -> None:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
-    errors = user_errors()
     try:
         code = execute(cfg, list(HydraConfig.get().overrides.task))
-    except errors as e:
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
+    except Exception as e:
+        if not is_user_error(e):
+            raise
+        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     if code:
         sys.exit(code)
 
@@ -93,12 +99,13 @@ def resolved_config(cfg: DictConfig, task_overrides: list[str]) -> dict[str, Any
 
 
 def execute(cfg: DictConfig, task_overrides: list[str]) -> int:
-    from systems.runner import Runner
+    from systems.validation import validate_run
 
-    raw = resolved_config(cfg, task_overrides)
-    runner = Runner.from_config(raw)
     start = time.perf_counter()
-    return runner.run(start)
+    validated = validate_run(resolved_config(cfg, task_overrides))
+    from systems.runner import Runner  # Lightning, loggers, ...: only once the input is known to be good
+
+    return Runner.from_validated(validated).run(start)
 
 
 if __name__ == "__main__":

@@ -46,10 +46,9 @@ def precheck(config_dir: Path, argv: list[str]) -> None:
             values = values if isinstance(values, list) else [v.strip() for v in str(values).split(",")]
             for value in values:
                 if str(value) not in known:
-                    raise ConfigError(
-                        f"unknown experiment '{value}': {suggest(str(value), known)}"
-                        f" (available: {', '.join(known)})"
-                    )
+                    close = suggest(str(value), known)
+                    hint = f"{close} " if close.startswith("did you") else ""
+                    raise ConfigError(f"unknown experiment '{value}': {hint}(available: {', '.join(known)})")
             continue
         if (
             key.split("/")[0] in groups

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from systems.data import RandomCameraConfig
+from systems.export import ExportConfig
 
 MODES = ("train", "test", "export")
 LOGGERS = ("csv", "tensorboard", "wandb", "none")
@@ -75,7 +76,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    export: dict = field(default_factory=dict)
+    export: ExportConfig = field(default_factory=ExportConfig)
     data: RandomCameraConfig = field(default_factory=RandomCameraConfig)
     system: dict = field(default_factory=dict)
 

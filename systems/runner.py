@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +16,11 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from systems.base import RunInfo, SystemConfig
 from systems.callbacks import GracefulInterrupt, StepProgressBar, save_checkpoint_atomically
-from systems.config_utils import ConfigError, build_config, config_class, import_target
-from systems.data import RandomCameraDataModule, orbit_cameras
-from systems.guidance_factory import (
-    ORACLE,
-    build_frozen_parts,
-    guidance_model,
-    oracle_scene,
-    validate_guidance,
-)
+from systems.config_utils import ConfigError
+from systems.data import orbit_cameras
+from systems.datamodule import RandomCameraDataModule
+from systems.guidance_factory import build_frozen_parts
 from systems.loggers import build_logger
 from systems.run_config import RunConfig
 from systems.run_dir import (
@@ -37,8 +32,18 @@ from systems.run_dir import (
     write_config,
     write_summary,
 )
+from systems.system_config import RunInfo, SystemConfig
+from systems.validation import ORACLE, ValidatedRun, guidance_model, oracle_scene
 
 log = logging.getLogger("distill3d")
+
+# Lightning configures its loggers at import (INFO): keep the console to our own progress and results.
+for _name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=r".*LeafSpec.*")
+warnings.filterwarnings("ignore", message=r".*weights_only.*")
+warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+warnings.filterwarnings("ignore", message=r".*limit_val_batches.*")
 
 
 @dataclass
@@ -49,19 +54,8 @@ class Runner:
     system_cfg: SystemConfig
 
     @classmethod
-    def from_config(cls, raw: dict[str, Any]) -> Runner:
-        """Typed validation of everything, without touching weights or the disk."""
-        cfg = build_config(RunConfig, raw, "config")
-        section = dict(cfg.system)
-        system_cls = import_target(section.pop("_target_"), "system")
-        system_cfg = build_config(config_class(system_cls) or SystemConfig, section, "system")
-        validate_guidance(system_cfg.guidance, system_cfg.prompt_processor)
-        if guidance_model(system_cfg.guidance) == ORACLE:
-            oracle_scene(cfg.prompt, cfg.scene)  # a missing or malformed scene file fails here
-        for target in (cfg.resume, cfg.weights):
-            if target:
-                resolve_checkpoint(target, "resume" if target == cfg.resume else "weights")
-        return cls(raw, cfg, system_cls, system_cfg)
+    def from_validated(cls, v: ValidatedRun) -> Runner:
+        return cls(v.raw, v.cfg, v.system_cls, v.system_cfg)
 
     # ---- building -------------------------------------------------------------------------------------
     def build_system(self):
@@ -177,6 +171,10 @@ class Runner:
         metrics = self.evaluate(system)
         if metrics:
             summary["metrics"] = {**summary.get("metrics", {}), **metrics}
+        if cfg.mode == "export" or (training and cfg.export.enabled):
+            timings: dict[str, float] = {}
+            artifacts["export"] = self.export(system, run_dir, timings)
+            summary["export_seconds"] = timings
         summary.update(status="completed", wall_seconds=time.perf_counter() - start)
         write_summary(run_dir, summary)
         self.report(run_dir, summary)
@@ -188,6 +186,21 @@ class Runner:
             return {}
         cams = orbit_cameras(self.cfg.data, e.n_views, e.elevation, e.azimuth_offset, e.height)
         return system.evaluate_against_scene(cams)
+
+    def export(self, system, run_dir: Path, timings: dict[str, float]) -> dict[str, str]:
+        """Mesh + UV atlas + baked texture → export/ (GLB, OBJ, PLY as configured)."""
+        from systems.export import export_field, opacity_probe_from_renderer
+
+        cfg = self.cfg
+        probe_cams = orbit_cameras(cfg.data, 8, cfg.data.eval_elevation, 0.0, 64)
+        system.eval()
+        with torch.no_grad():
+            probe = opacity_probe_from_renderer(
+                lambda cams: system.renderer(cams.to(system.device), shading="albedo"), probe_cams
+            )
+        paths = export_field(system.geometry, cfg.export, run_dir / "export", probe, timings=timings)
+        log.info("exported %s", ", ".join(str(p) for p in paths.values()))
+        return {fmt: str(p) for fmt, p in paths.items()}
 
     @staticmethod
     def report(run_dir: Path, summary: dict[str, Any]) -> None:
