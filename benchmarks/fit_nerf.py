@@ -29,17 +29,20 @@ class FitConfig:
     n_train_views: int = 30
     n_test_views: int = 4
     rays_per_step: int = 4096  # at most; fewer while the occupancy grid still has little to skip
-    samples_per_step: int = (
-        32768  # field-query budget: rays = min(rays_per_step, budget / last samples-per-ray)
-    )
+    # field-query budget: rays = min(rays_per_step, budget / last samples-per-ray)
+    samples_per_step: int = 32768
     max_seconds: float = 100.0
     max_steps: int = 3000
     lr_grid: float = 3e-2
     lr_mlp: float = 1e-2
-    lr_final_factor: float = (
-        0.03  # exponential decay over the time budget: fast early fit, no late divergence
-    )
+    # exponential lr decay over the time budget: fast early fit, no late divergence
+    lr_final_factor: float = 0.03
     seed: int = 0
+    # Ground truth averages k×k sub-pixel rays per pixel (anti-aliased, as a camera integrates its pixel
+    # footprint). Point-sampled ground truth (k = 1) aliases hard primitive edges differently in every view,
+    # which no band-limited field reproduces on held-out views: measured 29.5 dB (k = 1) vs 33.7 dB (k = 4)
+    # after the same 40-60 s fit.
+    supersample: int = 4
     # intra-op threads for the fit (None = leave torch's setting). 1 measured faster than 2 on the shared 2-core
     # box: with another process running, every small op's 2-thread barrier waits for a descheduled thread.
     num_threads: int | None = 1
@@ -95,8 +98,9 @@ def _fit(cfg: FitConfig, verbose: bool) -> dict:
     train_cams = view_cameras(cfg.n_train_views, cfg.resolution, cfg.seed)
     test_cams = view_cameras(cfg.n_test_views, cfg.resolution, cfg.seed + 1)
     with torch.no_grad():
-        train_rgb = scene.render(train_cams, background=white).rgb.reshape(-1, 3)
-        test_rgb = scene.render(test_cams, background=white).rgb
+        ss = cfg.supersample
+        train_rgb = scene.render(train_cams, background=white, supersample=ss).rgb.reshape(-1, 3)
+        test_rgb = scene.render(test_cams, background=white, supersample=ss).rgb
     origins, dirs = (t.reshape(-1, 3) for t in get_rays(train_cams))
 
     nerf = ImplicitVolume(
@@ -163,8 +167,17 @@ def main() -> None:
     parser.add_argument("--scene", default="a snowman")
     parser.add_argument("--seconds", type=float, default=100.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--supersample", type=int, default=4)
     args = parser.parse_args()
-    fit_nerf(FitConfig(scene=args.scene, max_seconds=args.seconds, num_threads=args.threads))
+    fit_nerf(
+        FitConfig(
+            scene=args.scene,
+            max_seconds=args.seconds,
+            num_threads=args.threads,
+            supersample=args.supersample,
+            eval_every_s=10.0,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -22,10 +22,16 @@ from geometry.volume import VolumeRenderer, VolumeRendererConfig
 
 def build(compile_grid: bool, prune: bool, device: str) -> VolumeRenderer:
     torch.manual_seed(0)
-    grid = HashGridConfig(n_levels=8, log2_hashmap_size=16, compile=compile_grid)
+    # The CPU recipe of configs/experiment/demo.yaml: 5 levels, all dense (R = 16..81), so the torch twin samples
+    # them with grid_sample; the compiled variant keeps the generic gather path.
+    grid = HashGridConfig(
+        n_levels=5, log2_hashmap_size=20, base_resolution=16, per_level_scale=1.5, compile=compile_grid
+    )
     # the Magic3D blob (radius 0.5) gives the field a compact object inside mostly empty space
     nerf = ImplicitVolume(NeRFConfig(hash_grid=grid, normal_type="none", density_bias="blob_magic3d"))
-    cfg = VolumeRendererConfig(num_samples_per_ray=64, grid_prune=prune, return_normal=False)
+    cfg = VolumeRendererConfig(
+        num_samples_per_ray=48, grid_prune=prune, occupancy_threshold=0.1, return_normal=False
+    )
     renderer = VolumeRenderer(cfg, nerf, NoMaterial(), SolidBackground()).to(device)
     if prune:
         if device == "cuda":

@@ -87,7 +87,9 @@ class OracleDenoiser(Denoiser):
             background = torch.ones(x_t.shape[0], height, width, 3, device=x_t.device)
         candidates = self.scene_images(context.cameras.with_resolution(height, width), background, weights)
         alpha_bar = self.schedule.alpha_bar(t, x_t).reshape(-1).float()
-        x0_hat = posterior_mean_x0(x_t.float(), candidates, weights.clamp_min(1e-30).log(), alpha_bar)
+        # log(0) = -inf: a scene with zero prior weight has zero posterior, however close x_t is to it (a
+        # finite floor such as log(1e-30) would be overwhelmed by the likelihood at low noise).
+        x0_hat = posterior_mean_x0(x_t.float(), candidates, weights.log(), alpha_bar)
         return self.schedule.x0_to_eps(x_t.float(), x0_hat, t).to(x_t.dtype)
 
     def scene_images(

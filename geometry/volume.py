@@ -45,6 +45,8 @@ class VolumeRendererConfig:
     eval_chunk_size: rays rendered per chunk (bounds memory at large resolutions).
     backend: "auto" (nerfacc on CUDA tensors, torch otherwise) | "cuda" | "torch".
     return_normal: composite field normals into RenderOutput.normal (costs a normal per sample).
+    return_normal_in_training: also in training mode; turn off when no loss uses normals (analytic normals
+        double the backward cost). Materials that shade with normals get them regardless.
     """
 
     num_samples_per_ray: int = 64
@@ -59,6 +61,7 @@ class VolumeRendererConfig:
     eval_chunk_size: int = 16384
     backend: str = "auto"
     return_normal: bool = True
+    return_normal_in_training: bool = True
 
     def __post_init__(self) -> None:
         if self.near_far not in ("sphere", "box"):
@@ -313,7 +316,8 @@ class VolumeRenderer(nn.Module):
     def _render_chunk(self, origins, dirs, light_positions, shading) -> dict[str, Tensor]:
         cfg = self.cfg
         R, N = origins.shape[0], cfg.num_samples_per_ray
-        need_normal = cfg.return_normal or self.material.requires_normal(shading)
+        wanted = cfg.return_normal and (cfg.return_normal_in_training or not self.training)
+        need_normal = wanted or self.material.requires_normal(shading)
         if self._use_nerfacc(origins.device):
             return self._render_chunk_nerfacc(origins, dirs, light_positions, shading, need_normal)
 

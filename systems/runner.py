@@ -198,7 +198,11 @@ class Runner:
             probe = opacity_probe_from_renderer(
                 lambda cams: system.renderer(cams.to(system.device), shading="albedo"), probe_cams
             )
+        # Hook: a system may write representation-specific files too (e.g. the Gaussians' .ply).
+        extra = getattr(system, "export_artifacts", None)
+        extra_paths = extra(run_dir / "export") if callable(extra) else {}
         paths = export_field(system.geometry, cfg.export, run_dir / "export", probe, timings=timings)
+        paths.update(extra_paths)
         log.info("exported %s", ", ".join(str(p) for p in paths.values()))
         return {fmt: str(p) for fmt, p in paths.items()}
 

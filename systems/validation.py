@@ -6,6 +6,7 @@ reported within seconds; Lightning, diffusers and the weights come after (system
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,7 +77,11 @@ def validate_run(raw: dict[str, Any]) -> ValidatedRun:
     cfg = build_config(RunConfig, raw, "")
     section = dict(cfg.system)
     target = section.pop("_target_")
-    system_cfg = build_config(SystemConfig, section, "system")
+    # Keys beyond SystemConfig's may belong to the system's own config (a SystemConfig subclass): the base
+    # fields are checked now, the rest once the system class is imported (below).
+    known = {f.name for f in dataclasses.fields(SystemConfig)}
+    extra = [k for k in section if k not in known]
+    system_cfg = build_config(SystemConfig, {k: v for k, v in section.items() if k in known}, "system")
     validate_guidance(system_cfg.guidance, system_cfg.prompt_processor)
     if guidance_model(system_cfg.guidance) == ORACLE:
         oracle_scene(cfg.prompt, cfg.scene)  # a missing or malformed scene file fails here
@@ -89,4 +94,6 @@ def validate_run(raw: dict[str, Any]) -> ValidatedRun:
     own_config = config_class(system_cls)
     if own_config is not None and own_config is not SystemConfig:
         system_cfg = build_config(own_config, section, "system")
+    elif extra:
+        build_config(SystemConfig, section, "system")  # raises the unknown-key error with a suggestion
     return ValidatedRun(raw, cfg, system_cls, system_cfg)

@@ -104,3 +104,19 @@ def test_negative_prompt_scene_becomes_the_unconditional():
     emb = oracle_prompt_embeddings(6, 1, negative_index=4)
     assert emb.uncond[0, 0].tolist() == [0, 0, 0, 0, 1, 0]
     assert emb.prompt[0, 0].tolist() == [0, 1, 0, 0, 0, 0]
+
+
+def test_zero_prior_weight_means_zero_posterior_even_when_closer():
+    """A one-hot (conditional) oracle must denoise toward its scene even if x_t is far closer to another."""
+    cams, background = _setup()
+    scenes = [builtin_scene("a snowman"), builtin_scene("a lollipop")]
+    oracle = OracleDenoiser(scenes)
+    other = scenes[1].render(cams, background=background).rgb.permute(0, 3, 1, 2) * 2 - 1
+    target = scenes[0].render(cams, background=background).rgb.permute(0, 3, 1, 2) * 2 - 1
+    t = torch.full((2,), 30)
+    x_t = oracle.schedule.add_noise(other, torch.zeros_like(other), t)  # x_t sits right on the wrong scene
+    eps = oracle.predict_eps(
+        x_t, t, torch.tensor([[[1.0, 0.0]]]).expand(2, 1, 2), DenoiserContext(cams, background)
+    )
+    x0 = oracle.schedule.eps_to_x0(x_t, eps, t)
+    torch.testing.assert_close(x0, target, atol=1e-3, rtol=0)
