@@ -99,6 +99,30 @@ def marching_cubes(values: Float[Tensor, "R R R"], level: float, radius: float) 
     return orient_outward(mesh)
 
 
+def fill_cavities(values: Float[Tensor, "R R R"], level: float, closing: int = 2) -> Float[Tensor, "R R R"]:
+    """Raise the grid values of hollow pockets inside the object above `level`, so marching cubes emits no
+    inner walls.
+
+    A NeRF is only supervised where rays stop, at its outer surface; its interior density is arbitrary and
+    often dips below the threshold in pockets and thin tunnels (measured on the demo's snowman: 20% of the
+    voxels deeper than 0.05 inside). A pocket is what the inside region encloses after a morphological closing
+    by `closing` voxels (which seals tunnels narrower than ~2·closing voxels); only such pockets are filled,
+    so the outer surface moves nowhere except across openings that narrow.
+    """
+    from scipy.ndimage import binary_closing, binary_fill_holes, generate_binary_structure, iterate_structure
+
+    inside = values.numpy() > level
+    sealed = inside
+    if closing > 0:
+        sealed = binary_closing(inside, iterate_structure(generate_binary_structure(3, 1), closing))
+    pockets = torch.from_numpy(binary_fill_holes(sealed) & ~inside)
+    if not bool(pockets.any()):
+        return values
+    filled = values.clone()
+    filled[pockets] = max(float(values.max()), level) + 1.0
+    return filled
+
+
 def signed_volume(vertices: np.ndarray, faces: np.ndarray) -> float:
     """Signed enclosed volume by the divergence theorem: Σ det(v0, v1, v2) / 6 (positive = outward CCW)."""
     v = vertices.astype(np.float64)[faces]

@@ -21,6 +21,7 @@ from geometry.mesh import (
     Mesh,
     OpacityProbe,
     decimate,
+    fill_cavities,
     marching_cubes,
     otsu_threshold,
     remove_floaters,
@@ -52,7 +53,9 @@ class ExportConfig:
     sdf = threshold, inside negative). threshold: a number, or "auto" — for sdf, 0; for density, the level
     whose occupied region best matches rendered silhouettes (max IoU with opacity > 0.5) when an opacity
     probe is given, else Otsu's split of the sampled densities. remove_floaters: keep connected components
-    with at least this fraction of the largest one's faces (0 = keep all, 1 = largest only).
+    with at least this fraction of the largest one's faces (0 = keep all, 1 = largest only). fill_cavities:
+    treat hollow pockets of the inside region as solid (no inner-wall triangles); cavity_closing: voxels of
+    morphological closing that seal thin tunnels into such pockets first (0 = only fully enclosed pockets).
     target_faces: decimate to about this many faces (0 = no decimation). texture_size: square texture side
     in texels. dilation: texels of seam padding. radius: half-side of the extraction cube in world units
     (None = the field's `radius`, else 1). device: where the field is queried (None = the field's device).
@@ -64,6 +67,8 @@ class ExportConfig:
     threshold: Any = "auto"
     isosurface: str = "density"
     remove_floaters: float = 0.05
+    fill_cavities: bool = True
+    cavity_closing: int = 2
     target_faces: int = 50_000
     texture_size: int = 1024
     dilation: int = 4
@@ -89,6 +94,8 @@ class ExportConfig:
             errors.append(f"export.threshold={self.threshold!r}: use 'auto' or a number")
         elif self.isosurface == "density" and self.threshold != "auto" and self.threshold <= 0:
             errors.append(f"export.threshold={self.threshold}: a density threshold must be > 0 (or 'auto')")
+        if not (0 <= self.cavity_closing <= 8):
+            errors.append(f"export.cavity_closing={self.cavity_closing}: use 0..8 voxels (default 2)")
         if not (0.0 <= self.remove_floaters <= 1.0):
             errors.append(
                 f"export.remove_floaters={self.remove_floaters}: use a fraction in [0, 1] (0 = off)"
@@ -139,6 +146,8 @@ def extract_mesh(field: Any, cfg: ExportConfig, opacity_probe: OpacityProbe | No
             level = silhouette_threshold(values, radius, opacity_probe)
         else:
             level = otsu_threshold(values)
+    if cfg.fill_cavities:
+        values = fill_cavities(values, level, cfg.cavity_closing)
     mesh = marching_cubes(values, level, radius)
     mesh = remove_floaters(mesh, cfg.remove_floaters)
     if mesh.num_faces == 0:

@@ -118,3 +118,26 @@ def test_silhouette_threshold_recovers_the_surface():
     with pytest.raises(ExportError, match="no surface"):
         probe = _sphere_probe(50)
         silhouette_threshold(values, 1.0, OpacityProbe(probe.origins, probe.dirs, torch.zeros(50)))
+
+
+def test_fill_cavities_removes_inner_walls_of_a_hollow_shell():
+    """A shell (dense for 0.3 < r < 0.5) with a thin tunnel to its hollow core exports only its outer sphere."""
+    from geometry.mesh import fill_cavities, marching_cubes
+
+    res = 64
+    g = torch.linspace(-1, 1, res)
+    x, y, z = torch.meshgrid(g, g, g, indexing="ij")
+    r = (x**2 + y**2 + z**2).sqrt()
+    values = ((r > 0.3) & (r < 0.5)).float() * 10.0
+    tunnel = ((x**2 + y**2).sqrt() < 0.03) & (
+        z > 0
+    )  # a 2×2-voxel tunnel into the core: sealed by the closing
+    values[tunnel] = 0.0
+    hollow = marching_cubes(values, 5.0, 1.0)
+    inner = np.linalg.norm(hollow.vertices, axis=1) < 0.4
+    assert inner.mean() > 0.2  # without filling, the core's wall is exported
+    solid = marching_cubes(fill_cavities(values, 5.0, closing=2), 5.0, 1.0)
+    radii = np.linalg.norm(solid.vertices, axis=1)
+    assert radii.min() > 0.44 and abs(radii.mean() - 0.5) < 0.03
+    untouched = fill_cavities(values, 5.0, closing=0)  # closing 0: the tunnel keeps the core open
+    assert torch.equal(untouched, values)

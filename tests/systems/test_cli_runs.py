@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 
@@ -48,11 +49,15 @@ def test_demo_experiment_smoke(tmp_path):
     assert f"run directory: {run_dir}" in result.stdout
 
 
-def test_dreamfusion_sd_smoke_with_tiny_weights(tmp_path, tiny_sd_path):
-    run_dir = _run_dir(tmp_path, "sd")
+@pytest.mark.parametrize(
+    ("experiment", "weights"), [("dreamfusion-sd", "tiny_sd_path"), ("dreamfusion-if", "tiny_if_path")]
+)
+def test_real_model_experiments_smoke_with_tiny_weights(tmp_path, request, experiment, weights):
+    """SD (latent SDS through the VAE) and IF (pixel SDS, learned variance) through the real loading code."""
+    run_dir = _run_dir(tmp_path, experiment)
     args = [
-        "experiment=dreamfusion-sd",
-        f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
+        f"experiment={experiment}",
+        f"system.guidance.pretrained_model_name_or_path={request.getfixturevalue(weights)}",
         "system.guidance.torch_dtype=fp32",
         f"run_dir={run_dir}",
         *TINY,
@@ -61,19 +66,5 @@ def test_dreamfusion_sd_smoke_with_tiny_weights(tmp_path, tiny_sd_path):
     assert result.returncode == 0, result.stderr[-3000:]
     _check_run(run_dir, expect_psnr=False)
     keys = _checkpoint_keys(run_dir)
-    assert keys and not [k for k in keys if any(m in k for m in ("unet", "vae", "text_encoder"))]
-
-
-def test_dreamfusion_if_smoke_with_tiny_weights(tmp_path, tiny_if_path):
-    run_dir = _run_dir(tmp_path, "if")
-    args = [
-        "experiment=dreamfusion-if",
-        f"system.guidance.pretrained_model_name_or_path={tiny_if_path}",
-        "system.guidance.torch_dtype=fp32",
-        f"run_dir={run_dir}",
-        *TINY,
-    ]
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    _check_run(run_dir, expect_psnr=False)
-    assert not [k for k in _checkpoint_keys(run_dir) if "unet" in k or "text_encoder" in k]
+    frozen = [k for k in keys if any(m in k for m in ("unet", "vae", "text_encoder"))]
+    assert keys and not frozen, frozen
