@@ -18,7 +18,7 @@ from geometry.densify import DensifyConfig, DensifyStrategy
 from geometry.gaussians_io import write_gaussians_ply
 from systems.config_utils import ConfigError
 from systems.dreamfusion import DreamFusion
-from systems.optim import build_optimizer
+from systems.optim import build_optimizer, lr_factor
 from systems.system_config import SystemConfig
 
 
@@ -68,7 +68,7 @@ class GaussianSplatting(DreamFusion):
                 lr0 = group["lr"]
                 lambdas.append(lambda s, lr0=lr0: exponential_lr_factor(s, steps, lr0, cfg.position_lr_final))
             else:
-                lambdas.append(lambda s: 1.0)
+                lambdas.append(lambda s: lr_factor(cfg.optimizer, s, steps))
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

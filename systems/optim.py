@@ -68,16 +68,17 @@ def build_optimizer(cfg: OptimizerConfig, named_parameters) -> torch.optim.Optim
     return cls(groups, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **kwargs)
 
 
+def lr_factor(cfg: OptimizerConfig, step: int, max_steps: int) -> float:
+    """The LR multiplier at `step`: 1 (none), lr_final_ratio^(step/max_steps) (exponential), or cosine."""
+    r = min(1.0, step / max(1, max_steps))
+    if cfg.lr_scheduler == "exponential":
+        return cfg.lr_final_ratio**r
+    if cfg.lr_scheduler == "cosine":
+        return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * r))
+    return 1.0
+
+
 def build_lr_scheduler(cfg: OptimizerConfig, optimizer: torch.optim.Optimizer, max_steps: int):
     if cfg.lr_scheduler == "none":
         return None
-    steps = max(1, max_steps)
-    if cfg.lr_scheduler == "exponential":
-        gamma = cfg.lr_final_ratio ** (1.0 / steps)
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
-
-    def cosine(step: int) -> float:
-        r = min(1.0, step / steps)
-        return cfg.lr_final_ratio + (1 - cfg.lr_final_ratio) * 0.5 * (1 + math.cos(math.pi * r))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(cfg, step, max_steps))
