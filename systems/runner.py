@@ -156,13 +156,9 @@ class Runner:
                 )
                 return 128 + int(interrupt.received)
         else:
-            load_weights(system, resolve_checkpoint(cfg.resume or cfg.weights, "resume")[1])
-            summary.setdefault(
-                "steps",
-                int(torch.load(ckpt_path, map_location="cpu", weights_only=False).get("global_step", 0))
-                if ckpt_path.exists()
-                else 0,
-            )
+            what, target = ("resume", cfg.resume) if cfg.resume else ("weights", cfg.weights)
+            steps = load_weights(system, resolve_checkpoint(target, what)[1])
+            summary.setdefault("steps", steps)
 
         if cfg.mode in ("train", "test"):
             trainer.test(system, datamodule=datamodule, verbose=False)
@@ -221,7 +217,8 @@ class Runner:
         print(f"run directory: {run_dir}")
 
 
-def load_weights(system, ckpt: Path) -> None:
+def load_weights(system, ckpt: Path) -> int:
+    """Load a checkpoint's parameters into `system`; returns the step it was saved at."""
     state = torch.load(ckpt, map_location="cpu", weights_only=False)
     missing, unexpected = system.load_state_dict(state["state_dict"], strict=False)
     if missing or unexpected:
@@ -229,3 +226,4 @@ def load_weights(system, ckpt: Path) -> None:
             f"checkpoint {ckpt} does not fit this system (missing {len(missing)}, unexpected {len(unexpected)} keys):"
             " use the same experiment and geometry settings it was trained with"
         )
+    return int(state.get("global_step", 0))

@@ -48,6 +48,20 @@ def test_demo_experiment_smoke(tmp_path):
     assert 0 < s["metrics"]["psnr"] < 100
     assert f"run directory: {run_dir}" in result.stdout
 
+    # Re-export with new options and re-render the turntable from the checkpoint, without training.
+    video = run_dir / "video" / "test.mp4"
+    video.unlink()
+    again = run_cli(
+        ["mode=export", f"resume={run_dir}", "export.formats=[ply]", "export.resolution=24"], cwd=tmp_path
+    )
+    assert again.returncode == 0, again.stderr[-3000:]
+    s = summary(run_dir)
+    assert s["mode"] == "export" and s["steps"] == 2 and set(s["artifacts"]["export"]) == {"ply"}
+    assert (run_dir / "export" / "model.ply").stat().st_size > 0 and not video.exists()
+    test = run_cli(["mode=test", f"resume={run_dir}"], cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert summary(run_dir)["mode"] == "test" and video.stat().st_size > 0
+
 
 @pytest.mark.parametrize(
     ("experiment", "weights"), [("dreamfusion-sd", "tiny_sd_path"), ("dreamfusion-if", "tiny_if_path")]
