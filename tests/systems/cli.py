@@ -20,9 +20,7 @@ def distill3d_command() -> list[str]:
 
 
 # Small enough that a run takes seconds on a 2-core CPU; every experiment accepts these keys.
-TINY = [
-    "trainer.max_steps=2",
-    "trainer.val_check_interval=1",
+TINY_RUN = [
     "trainer.enable_progress_bar=false",
     "data.height=[32]",
     "data.eval_height=32",
@@ -33,6 +31,13 @@ TINY = [
     "export.resolution=32",
     "export.texture_size=64",
     "export.target_faces=0",
+]
+
+# TINY_RUN for the NeRF experiments: 2 steps, a small hash grid, few samples per ray.
+TINY = [
+    "trainer.max_steps=2",
+    "trainer.val_check_interval=1",
+    *TINY_RUN,
     "system.geometry.hash_grid.n_levels=4",
     "system.geometry.hash_grid.log2_hashmap_size=12",
     "system.renderer.num_samples_per_ray=16",

@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.systems.cli import run_cli, summary
+from tests.systems.cli import TINY_RUN, run_cli, summary
 
 TINY_GAUSSIANS = [
     "trainer.max_steps=4",
     "trainer.val_check_interval=2",
-    "trainer.enable_progress_bar=false",
-    "data.height=[32]",
+    *TINY_RUN,
     "data.resolution_milestones=[]",
-    "data.eval_height=32",
-    "data.n_val_views=1",
-    "data.n_test_views=2",
-    "eval.n_views=2",
-    "eval.height=32",
-    "export.resolution=32",
-    "export.texture_size=64",
-    "export.target_faces=0",
     "system.geometry.num_points=500",
     "system.densify.start_step=1",
     "system.densify.interval=2",
