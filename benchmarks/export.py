@@ -16,9 +16,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from geometry.mesh import sample_grid
-from geometry.scene import builtin_scene
-from systems.export import ExportConfig, export_field
+from geometry.analytic import builtin_scene
+from geometry.mesh.export import ExportConfig, export_geometry
+from geometry.mesh.extract import sample_grid
+from geometry.mesh.surface import density_to_mesh
 
 
 class SnowmanField:
@@ -36,6 +37,12 @@ class SnowmanField:
     def albedo(self, points: torch.Tensor) -> torch.Tensor:
         return self.scene.albedo(points)
 
+    def to_mesh(self, cfg: ExportConfig, views=None):
+        return density_to_mesh(self, cfg)
+
+    def surface_colors(self, cfg: ExportConfig, views=None):
+        return lambda points, normals: self.albedo(points)
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -50,16 +57,13 @@ def main() -> None:
         texture_size=args.texture_size,
     )
     field = SnowmanField()
-    timings: dict[str, float] = {}
     start = time.perf_counter()
     with tempfile.TemporaryDirectory() as out:
-        paths = export_field(field, cfg, Path(out), timings=timings)
-        sizes = {k: Path(p).stat().st_size / 1e6 for k, p in paths.items()}
+        result = export_geometry(field, cfg, Path(out))
+        sizes = {k: Path(p).stat().st_size / 1e6 for k, p in result.files.items()}
     total = time.perf_counter() - start
-    print(
-        f"extracted faces: {int(timings.pop('extract_faces'))}  (target after decimation: {cfg.target_faces})"
-    )
-    for stage, seconds in timings.items():
+    print(f"extracted faces: {result.info['extracted_faces']}  (target after decimation: {cfg.target_faces})")
+    for stage, seconds in result.timings.items():
         print(f"{stage:>14s}: {seconds:7.2f} s")
     print(f"{'total':>14s}: {total:7.2f} s   (target ≤ 60 s on 2 CPU cores)")
     print("file sizes (MB): " + ", ".join(f"{k} {v:.1f}" for k, v in sizes.items()))

@@ -13,13 +13,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from geometry.background import SolidBackground
+from geometry.analytic import builtin_scene
 from geometry.cameras import Cameras, get_rays, make_cameras
-from geometry.encodings import HashGridConfig
-from geometry.materials import NoMaterial
-from geometry.nerf import ImplicitVolume, NeRFConfig
-from geometry.scene import builtin_scene
-from geometry.volume import VolumeRenderer, VolumeRendererConfig
+from geometry.fields.backgrounds import SolidBackground
+from geometry.fields.hash_grid import HashGridConfig
+from geometry.fields.materials import NoMaterial
+from geometry.nerf.field import ImplicitVolume, NeRFConfig
+from geometry.nerf.renderer import VolumeRenderer, VolumeRendererConfig
 
 
 @dataclass
@@ -135,7 +135,9 @@ def _fit(cfg: FitConfig, verbose: bool) -> dict:
     next_eval = cfg.eval_every_s
     while train_time < cfg.max_seconds and step < cfg.max_steps:
         t0 = time.perf_counter()
-        decay = cfg.lr_final_factor ** min(1.0, train_time / cfg.max_seconds)
+        # Decay over whichever budget runs out first: a step budget makes the fit independent of machine speed.
+        progress = max(train_time / cfg.max_seconds, step / cfg.max_steps)
+        decay = cfg.lr_final_factor ** min(1.0, progress)
         for group, base_lr in zip(optim.param_groups, (cfg.lr_grid, cfg.lr_mlp), strict=True):
             group["lr"] = base_lr * decay
         renderer.update_occupancy(step)

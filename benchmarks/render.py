@@ -12,12 +12,12 @@ import time
 
 import torch
 
-from geometry.background import SolidBackground
 from geometry.cameras import make_cameras
-from geometry.encodings import HashGridConfig
-from geometry.materials import NoMaterial
-from geometry.nerf import ImplicitVolume, NeRFConfig
-from geometry.volume import VolumeRenderer, VolumeRendererConfig
+from geometry.fields.backgrounds import SolidBackground
+from geometry.fields.hash_grid import HashGridConfig
+from geometry.fields.materials import NoMaterial
+from geometry.nerf.field import ImplicitVolume, NeRFConfig
+from geometry.nerf.renderer import VolumeRenderer, VolumeRendererConfig
 
 
 def build(compile_grid: bool, prune: bool, device: str) -> VolumeRenderer:

@@ -17,9 +17,10 @@ import time
 import torch
 from diffusers import UNet2DConditionModel
 
+from distill.conditions.prompt_embeddings import PromptEmbeddings
+from distill.denoisers.diffusers_unet import DiffusersDenoiser
+from distill.guidance.sds import SDSConfig, SDSGuidance
 from distill.schedule import NoiseSchedule
-from distill.sds import SDSConfig, SDSGuidance
-from distill.unet_denoiser import DiffusersDenoiser
 from geometry.cameras import make_cameras
 from geometry.render_output import RenderOutput
 
@@ -45,17 +46,6 @@ def sd21_base_unet() -> UNet2DConditionModel:
         attention_head_dim=(5, 10, 20, 20),
         use_linear_projection=True,
     )
-
-
-class FixedEmbeddings:
-    """Stand-in prompt embeddings (77 × 1024, as SD 2.1's OpenCLIP-H): no text encoder needed for timing."""
-
-    def __init__(self, device: torch.device):
-        self.cond = torch.randn(1, 77, 1024, device=device)
-        self.uncond = torch.randn(1, 77, 1024, device=device)
-
-    def text_embeddings(self, elevation, azimuth, view_dependent=None):
-        return self.cond.expand(len(azimuth), -1, -1), self.uncond.expand(len(azimuth), -1, -1)
 
 
 def _timed(fn, device: torch.device) -> float:
@@ -90,7 +80,8 @@ def main() -> None:
     denoiser = DiffusersDenoiser(unet, NoiseSchedule.stable_diffusion(), vae=None, image_size=None)
     denoiser.space = "latent"  # render-as-latent: the 4-channel x0 is the render itself
     guidance = SDSGuidance(SDSConfig(input="latent"), denoiser)
-    prompts = FixedEmbeddings(device)
+    # Stand-in prompt embeddings (77 × 1024, as SD 2.1's OpenCLIP-H): no text encoder needed for timing.
+    prompts = PromptEmbeddings.from_tensors(torch.randn(1, 77, 1024), torch.randn(1, 77, 1024)).to(device)
     cameras = make_cameras(15.0, 0.0, 1.5, 50.0, 64, device=device)
     render = RenderOutput(
         rgb=torch.rand(1, 64, 64, 3, device=device, requires_grad=True),
@@ -99,7 +90,7 @@ def main() -> None:
     )
     x_t = torch.randn(2, 4, 64, 64, device=device, dtype=dtype)
     t = torch.full((2,), 500, device=device)
-    hidden = torch.cat([prompts.cond, prompts.uncond]).to(dtype)
+    hidden = torch.cat([prompts.prompt, prompts.uncond]).to(dtype)
 
     def bare_cfg_forward() -> None:
         with torch.no_grad():
@@ -107,7 +98,7 @@ def main() -> None:
 
     def sds_step() -> None:
         out = guidance(render, cameras, prompts, step=0)
-        out.loss.backward()
+        out.losses["guidance"].backward()
 
     timings: dict[str, list[float]] = {"bare": [], "sds": []}
     for fn in (bare_cfg_forward, sds_step):  # warm-up (allocator, kernels, lazy init)

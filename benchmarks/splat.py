@@ -14,8 +14,8 @@ import time
 import torch
 
 from geometry.cameras import make_cameras
-from geometry.gaussians import GaussianConfig, GaussianModel
-from geometry.splat import SplatRenderer, SplatRendererConfig
+from geometry.gaussians.model import GaussianConfig, GaussianModel
+from geometry.gaussians.renderer import SplatRenderer, SplatRendererConfig
 
 
 def main() -> None:
@@ -46,7 +46,7 @@ def main() -> None:
             times.append(time.perf_counter() - start)
         g.zero_grad()
     t = sorted(times)[len(times) // 2]
-    pairs = renderer.last_info[0].get("num_pairs", "n/a")
+    pairs = int(out.extras["num_pairs"]) if "num_pairs" in out.extras else "n/a"
     print(
         f"splat {args.device} threads={torch.get_num_threads()} {args.gaussians} Gaussians {args.size}²:"
         f" {1 / t:.2f} forward+backward steps/s (median {t * 1000:.0f} ms), pairs/render: {pairs}"

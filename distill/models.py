@@ -9,6 +9,7 @@ tried and how to fix it; the hub's traceback is suppressed (`raise ... from None
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -28,6 +29,8 @@ from huggingface_hub.errors import (
 )
 from torch import nn
 
+from distill3d.errors import UserError
+
 COMPONENT_NAMES = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".bin")
@@ -46,7 +49,7 @@ FROZEN_ATTR = "_distill3d_frozen"
 _MISSING_ERRORS = (OSError, EntryNotFoundError)
 
 
-class WeightsNotFoundError(RuntimeError):
+class WeightsNotFoundError(UserError, RuntimeError):
     """Model weights are neither on disk nor downloadable; the message is one line with the fix."""
 
 
@@ -63,6 +66,8 @@ class ModelLoadConfig:
     enable_attention_slicing / enable_vae_slicing: lower peak memory at some speed cost.
     cpu_offload: keep models on the CPU and move each to the GPU only while it runs (accelerate hooks).
     scheduler_class: load the scheduler config into this diffusers class instead of the one the model names.
+    component_classes: {component: "package.module.Class"} loads that component with your class instead of the
+        one model_index.json names (a custom UNet with extra layers, say); the class needs `from_pretrained`.
     """
 
     pretrained_model_name_or_path: str = "stabilityai/stable-diffusion-2-1-base"
@@ -76,12 +81,23 @@ class ModelLoadConfig:
     cpu_offload: bool = False
     single_file_config: str | None = None
     scheduler_class: str | None = None
+    component_classes: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.torch_dtype not in _DTYPES:
             raise ValueError(
                 f"torch_dtype={self.torch_dtype!r} is not supported: use one of {sorted(_DTYPES)}."
             )
+        unknown = set(self.component_classes) - set(COMPONENT_NAMES)
+        if unknown:
+            raise ValueError(
+                f"component_classes names unknown component(s) {sorted(unknown)}: use {COMPONENT_NAMES}."
+            )
+        for name, path in self.component_classes.items():
+            if "." not in path:
+                raise ValueError(
+                    f"component_classes.{name}={path!r}: give an importable 'package.module.Class' path."
+                )
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(
                 f"device={self.device!r} is not supported: use 'auto', 'cpu', 'cuda' or 'cuda:N'."
@@ -138,11 +154,22 @@ def frozen_state_dict_keys(root: nn.Module) -> set[str]:
     """State-dict keys of root that belong to frozen modules and need not be checkpointed.
 
     Parameters that were made trainable again inside a frozen module (e.g. LoRA adapters injected into a
-    frozen UNet) are kept out of this set, so they still go into checkpoints.
+    frozen UNet) are kept out of this set, so they still go into checkpoints. Computed from the module tree
+    (not from root.state_dict(), which a system may override to drop exactly these keys).
     """
-    prefixes = [n + "." if n else "" for n in frozen_module_names(root)]
-    trainable = {n for n, p in root.named_parameters() if p.requires_grad}
-    return {k for k in root.state_dict() if k not in trainable and any(k.startswith(p) for p in prefixes)}
+    prefixes = tuple(n + "." for n in frozen_module_names(root))
+    keys: set[str] = set()
+    for name, module in root.named_modules():
+        if not (name + ".").startswith(prefixes):
+            continue
+        base = f"{name}." if name else ""
+        for pname, param in module._parameters.items():
+            if param is not None and not param.requires_grad:
+                keys.add(base + pname)
+        for bname, buf in module._buffers.items():
+            if buf is not None and bname not in module._non_persistent_buffers_set:
+                keys.add(base + bname)
+    return keys
 
 
 def _fix_hint(cfg: ModelLoadConfig, source: str) -> str:
@@ -205,10 +232,20 @@ def _class_map(cfg: ModelLoadConfig) -> dict[str, tuple[str, str]]:
         }
     if cfg.scheduler_class is not None:
         classes["scheduler"] = ("diffusers", cfg.scheduler_class)
+    for name, path in cfg.component_classes.items():
+        classes[name] = ("import", path)
     return classes
 
 
 def _resolve_class(library: str, name: str, component: str) -> type:
+    if library == "import":  # component_classes: a user's own class
+        module_name, _, attr = name.rpartition(".")
+        try:
+            return getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError):
+            raise ValueError(
+                f"component_classes.{component}={name!r} cannot be imported: check the path"
+            ) from None
     module = {"diffusers": diffusers, "transformers": transformers}.get(library)
     cls = getattr(module, name, None) if module is not None else None
     if cls is None and component == "tokenizer":
@@ -248,7 +285,10 @@ def _load_pretrained(cfg: ModelLoadConfig, classes: dict[str, tuple[str, str]], 
     if name in ("unet", "vae", "text_encoder"):
         kwargs["variant"] = cfg.variant
         # diffusers calls it torch_dtype, transformers 5 calls it dtype.
-        kwargs["dtype" if library == "transformers" else "torch_dtype"] = cfg.dtype
+        transformers_cls = library == "transformers" or (
+            library == "import" and issubclass(cls, transformers.PreTrainedModel)
+        )
+        kwargs["dtype" if transformers_cls else "torch_dtype"] = cfg.dtype
     try:
         return cls.from_pretrained(source, **kwargs)
     except _MISSING_ERRORS as exc:
@@ -308,6 +348,14 @@ def _apply_memory_options(cfg: ModelLoadConfig, parts: dict[str, Any]) -> list:
         _, prev = cpu_offload_with_hook(m, execution_device=device, prev_module_hook=prev)
         hooks.append(prev)
     return hooks
+
+
+def listed_components(cfg: ModelLoadConfig) -> set[str]:
+    """The components the model's index lists (a single file: SD's layout); raises WeightsNotFoundError."""
+    _check_source(cfg)
+    if os.path.isfile(cfg.pretrained_model_name_or_path):
+        return set(COMPONENT_NAMES)
+    return set(_class_map(cfg))
 
 
 def load_components(cfg: ModelLoadConfig, names: tuple[str, ...] = COMPONENT_NAMES) -> DiffusionComponents:

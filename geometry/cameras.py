@@ -7,6 +7,7 @@ Camera position for elevation e, azimuth a (degrees), distance d:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -126,10 +127,10 @@ def look_at(
 
 
 def make_cameras(
-    elevation_deg: Tensor | float,
-    azimuth_deg: Tensor | float,
-    distance: Tensor | float,
-    fovy_deg: Tensor | float,
+    elevation_deg: Tensor | float | Sequence[float],
+    azimuth_deg: Tensor | float | Sequence[float],
+    distance: Tensor | float | Sequence[float],
+    fovy_deg: Tensor | float | Sequence[float],
     height: int,
     width: int | None = None,
     device: torch.device | str = "cpu",

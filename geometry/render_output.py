@@ -58,3 +58,14 @@ class RenderOutput:
             normal=None if self.normal is None else self.normal.to(device),
             extras={k: v.to(device) for k, v in self.extras.items()},
         )
+
+    @staticmethod
+    def cat(outputs: list[RenderOutput]) -> RenderOutput:
+        """One batch of several (the views of an evaluation pass); extras are dropped."""
+        normal = None if outputs[0].normal is None else torch.cat([o.normal for o in outputs])
+        return RenderOutput(
+            rgb=torch.cat([o.rgb for o in outputs]),
+            opacity=torch.cat([o.opacity for o in outputs]),
+            depth=torch.cat([o.depth for o in outputs]),
+            normal=normal,
+        )

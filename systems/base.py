@@ -1,151 +1,168 @@
 """BaseSystem: the LightningModule that drives one score-distillation run.
 
-It only orchestrates: geometry/renderer (geometry/), guidance and prompts (distill/) are plain modules built
-from typed configs. Optimization is manual so that a step whose loss or gradients are not finite can be
-skipped (counted, warned about) instead of corrupting Adam's moments. The frozen diffusion model is kept
-outside the module tree, so it never enters checkpoints.
+It only orchestrates: the renderer (geometry/), the guidance and condition (distill/) are plain modules built
+from typed configs (systems/components.py) and handed in through the constructor, so a system can be built
+and stepped in a test without the runner. Optimization is manual so that a step whose loss or gradients are
+not finite is skipped (counted, warned about) instead of corrupting Adam's moments. Frozen weights (the
+denoiser) are registered modules kept out of checkpoints and optimizers by key.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
+from distill.models import frozen_state_dict_keys
+from distill3d.errors import ConfigError, UserError
 from geometry.cameras import Cameras
 from geometry.render_output import RenderOutput
-from systems.config_utils import ConfigError, instantiate
+from systems import evaluation
+from systems.components import Components, build_components
+from systems.config import RunInfo, SystemConfig
+from systems.losses import LossWeights
 from systems.optim import build_lr_scheduler, build_optimizer
-from systems.system_config import RunInfo, SystemConfig
+from systems.rng import RngState
 
 log = logging.getLogger("distill3d")
+# Parameter names as configs spell them: the renderer owns geometry/material/background, users name them bare.
+ALIASES = {
+    "renderer.geometry.": "geometry.",
+    "renderer.material.": "material.",
+    "renderer.background.": "background.",
+}
 
 
-def _numpy_state_to_plain(state: tuple) -> dict[str, Any]:
-    """numpy's RNG state as tensors and Python numbers: checkpoints stay loadable with weights_only=True."""
-    kind, keys, pos, has_gauss, cached = state
-    return {
-        "kind": kind,
-        "keys": torch.from_numpy(keys.astype(np.int64)),
-        "pos": int(pos),
-        "has_gauss": int(has_gauss),
-        "cached": float(cached),
-    }
-
-
-def _numpy_state_from_plain(plain: dict[str, Any]) -> tuple:
-    keys = plain["keys"].numpy().astype(np.uint32)
-    return plain["kind"], keys, plain["pos"], plain["has_gauss"], plain["cached"]
-
-
-class NonFiniteAbort(RuntimeError):
+class NonFiniteAbort(UserError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
 
+def config_name(name: str) -> str:
+    for prefix, alias in ALIASES.items():
+        if name.startswith(prefix):
+            return alias + name[len(prefix) :]
+    return name
+
+
 class BaseSystem(pl.LightningModule):
-    def __init__(self, cfg: SystemConfig, run: RunInfo) -> None:
+    """renderer (holding geometry, material, background), guidance (None outside training), condition,
+    camera_sampler (training cameras as a function of the step), ground_truth (a Scene, for the oracles)."""
+
+    def __init__(
+        self,
+        cfg: SystemConfig,
+        run: RunInfo,
+        components: Components,
+        camera_sampler: Any,
+        run_dir: Path | None = None,
+        file_prefix: str = "",
+    ) -> None:
         super().__init__()
         self.cfg, self.run = cfg, run
         self.automatic_optimization = False
-        self.geometry = instantiate(cfg.geometry, "system.geometry")
-        self.material = instantiate(cfg.material, "system.material")
-        self.background = instantiate(cfg.background, "system.background")
-        self.renderer = instantiate(
-            cfg.renderer, "system.renderer", self.geometry, self.material, self.background
-        )
-        self.loss_weights = cfg.loss.schedules()
+        self.renderer = components.renderer
+        self.guidance = components.guidance
+        self.condition = components.condition
+        self.ground_truth = components.ground_truth
+        self.loss_weights: LossWeights = components.losses
+        self.camera_sampler = camera_sampler
+        self.run_dir = run_dir
+        self.file_prefix = file_prefix  # "<stage>-" in multi-stage runs: validation images of stages apart
+        self.artifacts: dict[str, Any] = {}
         self.skipped_steps = 0
         self._nonfinite_in_a_row = 0
-        self.camera_sampler = None  # set by the launcher (systems.data.RandomCameraSampler)
-        self._frozen: dict[str, Any] = {}  # guidance + prompt embeddings: frozen, never in state_dict
+        self._rng = RngState()
 
-    # ---- frozen parts (built after validation, before training) -------------------------------------
+    @classmethod
+    def from_config(
+        cls, cfg: SystemConfig, run: RunInfo, camera_sampler: Any, training: bool = True, **kwargs
+    ) -> BaseSystem:
+        """Build every component from the config (loading the denoiser only when training)."""
+        return cls(cfg, run, build_components(cfg, run, with_guidance=training), camera_sampler, **kwargs)
+
     @property
-    def guidance(self):
-        return self._frozen["guidance"]
+    def geometry(self):
+        return self.renderer.geometry
 
-    @property
-    def prompt_embeddings(self):
-        return self._frozen["prompt_embeddings"]
+    # ---- checkpoints: frozen weights stay out -----------------------------------------------------------
+    def state_dict(self, *args, **kwargs):
+        state = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        for key in frozen_state_dict_keys(self):
+            state.pop(prefix + key, None)
+        return state
 
-    def set_guidance(self, guidance: Any, prompt_embeddings: Any) -> None:
-        self._frozen["guidance"] = guidance
-        self._frozen["prompt_embeddings"] = prompt_embeddings
-
-    def on_fit_start(self) -> None:
-        guidance = self._frozen.get("guidance")
-        if guidance is not None and hasattr(guidance, "to"):
-            guidance.to(self.device)
-        if self._frozen.get("prompt_embeddings") is not None and hasattr(self.prompt_embeddings, "to"):
-            self._frozen["prompt_embeddings"] = self.prompt_embeddings.to(self.device)
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Strict about everything but the frozen weights (never saved) and a guidance that is not built
+        (test/export modes build none)."""
+        missing, unexpected = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = frozen_state_dict_keys(self)
+        missing = [k for k in missing if k not in frozen]
+        if self.guidance is None:
+            unexpected = [k for k in unexpected if not k.startswith("guidance.")]
+        if strict and (missing or unexpected):
+            raise ConfigError(
+                f"the checkpoint does not fit this system (missing {len(missing)} keys, e.g. {missing[:2]}; unexpected"
+                f" {len(unexpected)}, e.g. {unexpected[:2]}): use the experiment and geometry settings it was trained with"
+            )
+        return missing, unexpected
 
     # ---- the one place where step-dependent values move ---------------------------------------------
-    def update_step(self, step: int) -> dict[str, float]:
-        for module in (self.geometry, self.renderer):
-            if hasattr(module, "set_step"):
-                module.set_step(step)
-        if hasattr(self.renderer, "update_occupancy") and self.training:
-            self.renderer.update_occupancy(step)
-        return {name: sched(step) for name, sched in self.loss_weights.items()}
-
     def shading_mode(self, step: int) -> str:
         s = self.cfg.shading
-        if s.mode == "albedo" or step < s.ambient_only_steps:
+        if s.mode == "albedo" or step < s.ambient_only_steps or random.random() > s.diffuse_prob:
             return "albedo"
         return "textureless" if random.random() < s.textureless_prob else "lambertian"
 
     # ---- training ---------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> None:
-        self._restore_rng()
+        self._rng.restore_pending()
         step = self.global_step
-        weights = self.update_step(step)
+        self.renderer.set_step(step)
         cameras = self.camera_sampler.sample(step).to(self.device)
         render = self.renderer(cameras, shading=self.shading_mode(step))
         losses = self.compute_losses(render, cameras, step)
-        total = sum(weights[name] * value for name, value in losses.items() if weights[name] != 0.0)
-        self.optimize(total, step)
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False)
-        self.log("train/loss", total.detach(), prog_bar=True)
+        total = self.loss_weights.total(losses, step)
+        if self.optimize(total, step):
+            self.after_optimizer_step(render, step)
+        self.log_dict({f"train/loss_{k}": v.detach().float() for k, v in losses.items()})
+        self.log("train/loss", total.detach().float(), prog_bar=True)
 
     def compute_losses(self, render: RenderOutput, cameras: Cameras, step: int) -> dict[str, Tensor]:
-        """Guidance loss and regularizers, each unweighted; keys are the loss-weight names."""
-        out = self.guidance(render, cameras, self.prompt_embeddings, step)
+        """The guidance's losses and the renderer's active regularizers, unweighted, by name."""
+        out = self.guidance(render, cameras, self.condition, step)
         self.log("train/grad_norm", out.grad_norm.detach().float().mean(), prog_bar=True)
         self.log("train/t", out.t.float().mean())
-        losses = {"lambda_guidance": out.loss}
-        opacity = render.opacity.clamp(1e-5, 1.0 - 1e-5)
-        losses["lambda_sparsity"] = (opacity**2 + 0.01).sqrt().mean()
-        losses["lambda_opaque"] = -(opacity * opacity.log() + (1 - opacity) * (1 - opacity).log()).mean()
-        if "orientation_loss" in render.extras:
-            losses["lambda_orient"] = render.extras["orientation_loss"].mean()
-        if "z_variance" in render.extras:
-            z_var = render.extras["z_variance"]
-            losses["lambda_z_variance"] = (z_var * (render.opacity > 0.5).to(z_var.dtype)).mean()
-        return losses
+        active = self.loss_weights.active
+        return {**out.losses, **self.renderer.regularizers(render, active & set(self.renderer.loss_names))}
 
-    def optimize(self, loss: Tensor, step: int) -> None:
-        """One manual optimizer step; a non-finite loss or gradient skips the step (DESIGN: robustness)."""
+    def after_optimizer_step(self, render: RenderOutput, step: int) -> None:
+        """Hook for recipes that edit parameters after a step (Gaussian densification)."""
+
+    def optimize(self, loss: Tensor, step: int) -> bool:
+        """One manual optimizer step; a non-finite loss or gradient skips the step. Returns whether it stepped."""
         opt = self.optimizers()
         opt.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
             self._skip(step, f"loss is {loss.item()}")
-            return
+            return False
         self.manual_backward(loss)
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if grads and not torch.isfinite(torch.stack([g.detach().float().norm() for g in grads])).all():
             opt.zero_grad(set_to_none=True)
             self._skip(step, "a gradient is not finite")
-            return
+            return False
         self._nonfinite_in_a_row = 0
         opt.step()
         sched = self.lr_schedulers()
         if sched is not None:
             sched.step()
+        return True
 
     def _skip(self, step: int, why: str) -> None:
         self.skipped_steps += 1
@@ -159,11 +176,22 @@ class BaseSystem(pl.LightningModule):
         # Manual optimization counts steps by optimizer.step(); advance it so the run still ends.
         self.trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_completed()
 
-    def configure_optimizers(self):
+    def named_trainable_parameters(self):
+        """(config name, parameter) for the 3D side: guidance parameters come through its own groups."""
+        frozen = frozen_state_dict_keys(self)
+        for name, p in self.named_parameters():
+            if p.requires_grad and name not in frozen and not name.startswith("guidance."):
+                yield config_name(name), p
+
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        extra = self.guidance.param_groups() if self.guidance is not None else []
         try:
-            optimizer = build_optimizer(self.cfg.optimizer, self.named_parameters())
+            return build_optimizer(self.cfg.optimizer, self.named_trainable_parameters(), extra)
         except ValueError as e:
             raise ConfigError(str(e)) from None
+
+    def configure_optimizers(self):
+        optimizer = self.build_optimizer()
         scheduler = build_lr_scheduler(self.cfg.optimizer, optimizer, self.run.max_steps)
         if scheduler is None:
             return optimizer
@@ -171,30 +199,54 @@ class BaseSystem(pl.LightningModule):
 
     # ---- exact resume: RNG states travel with the checkpoint ------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["distill3d"] = {
-            "rng_torch": torch.get_rng_state(),
-            "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "rng_numpy": _numpy_state_to_plain(np.random.get_state()),
-            "rng_python": random.getstate(),
-            "skipped_steps": self.skipped_steps,
-        }
+        checkpoint["distill3d"] = {**self._rng.capture(), "skipped_steps": self.skipped_steps}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("distill3d")
-        if not state:
-            return
-        self._pending_rng = state
-        self.skipped_steps = int(state.get("skipped_steps", 0))
+        if state:
+            self._rng.set_pending(state)
+            self.skipped_steps = int(state.get("skipped_steps", 0))
 
-    def _restore_rng(self) -> None:
-        """Restore the checkpoint's RNG states at the first resumed step itself, so that nothing Lightning
-        draws while starting up (e.g. a DataLoader's base seed) shifts the random stream of training."""
-        state = getattr(self, "_pending_rng", None)
-        if state is None:
+    # ---- evaluation (systems/evaluation.py) ----------------------------------------------------------
+    def eval_shading(self) -> str:
+        return "albedo" if self.cfg.shading.mode == "albedo" else "lambertian"
+
+    def render_views(self, cameras: Cameras, shading: str | None = None) -> RenderOutput:
+        return evaluation.render_views(
+            self.renderer, cameras, self.device, shading or self.eval_shading(), self.cfg.eval_chunk_views
+        )
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_renders: list[RenderOutput] = []
+
+    def validation_step(self, batch: Cameras, batch_idx: int) -> None:
+        self._val_renders.append(self.render_views(batch))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_renders or self.run_dir is None:
             return
-        torch.set_rng_state(state["rng_torch"])
-        if state.get("rng_cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        np.random.set_state(_numpy_state_from_plain(state["rng_numpy"]))
-        random.setstate(state["rng_python"])
-        self._pending_rng = None
+        grid = evaluation.validation_grid(RenderOutput.cat(self._val_renders))
+        path = evaluation.write_validation(grid, self.run_dir, f"{self.file_prefix}it{self.global_step:06d}")
+        self.artifacts.setdefault("validation", []).append(str(path))
+        evaluation.log_image(self.loggers, "validation", grid, self.global_step)
+
+    def on_test_epoch_start(self) -> None:
+        self._frames: list = []
+
+    def test_step(self, batch: Cameras, batch_idx: int) -> None:
+        self._frames.extend(evaluation.turntable_frames(self.render_views(batch)))
+
+    def on_test_epoch_end(self) -> None:
+        if not self._frames or self.run_dir is None:
+            return
+        path = evaluation.write_turntable(self._frames, self.run_dir)
+        self.artifacts["video"] = str(path)
+        evaluation.log_video(self.loggers, "turntable", str(path))
+
+    def evaluate_against_scene(self, cameras: Cameras) -> dict[str, float]:
+        """PSNR against the ground truth on held-out views (empty when there is none)."""
+        if self.ground_truth is None:
+            return {}
+        return evaluation.evaluate_against_scene(
+            self.renderer, self.ground_truth, cameras, self.device, self.cfg.eval_chunk_views
+        )

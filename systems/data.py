@@ -159,6 +159,13 @@ class RandomCameraSampler:
         return direction * _uniform(gen, n, *c.light_distance_range)[:, None]
 
 
+def eval_distance_fovy(cfg: RandomCameraConfig) -> tuple[float, float]:
+    """The evaluation camera distance and vertical field of view (degrees): set, or the middle of the ranges."""
+    distance = cfg.eval_distance if cfg.eval_distance is not None else sum(cfg.distance_range) / 2
+    fovy = cfg.eval_fovy if cfg.eval_fovy is not None else sum(cfg.fovy_range) / 2
+    return distance, fovy
+
+
 def orbit_cameras(
     cfg: RandomCameraConfig,
     n_views: int,
@@ -167,8 +174,7 @@ def orbit_cameras(
     height: int | None = None,
 ) -> Cameras:
     """Deterministic orbit: n views evenly spaced in azimuth (starting at -180 + offset), lit from the camera."""
-    distance = cfg.eval_distance if cfg.eval_distance is not None else sum(cfg.distance_range) / 2
-    fovy = cfg.eval_fovy if cfg.eval_fovy is not None else sum(cfg.fovy_range) / 2
+    distance, fovy = eval_distance_fovy(cfg)
     elevation = cfg.eval_elevation if elevation is None else elevation
     azimuth = torch.arange(n_views, dtype=torch.float32) * (360.0 / n_views) - 180.0 + azimuth_offset
     height = height or cfg.eval_height

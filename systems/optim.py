@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -61,8 +61,16 @@ def group_parameters(
     ]
 
 
-def build_optimizer(cfg: OptimizerConfig, named_parameters) -> torch.optim.Optimizer:
-    groups = group_parameters(cfg, named_parameters)
+def build_optimizer(
+    cfg: OptimizerConfig, named_parameters, extra_groups: list[dict] | None = None
+) -> torch.optim.Optimizer:
+    """Adam(W) over the named parameters grouped by prefix, plus `extra_groups` a component brings (a guidance's
+    trainable parts: {"params", "lr", "name"}); `param_groups` may override an extra group's lr by its name."""
+    extra = [dict(g, lr=cfg.param_groups.get(g["name"], g.get("lr", cfg.lr))) for g in extra_groups or []]
+    own = {k: v for k, v in cfg.param_groups.items() if k not in {g["name"] for g in extra}}
+    groups = group_parameters(replace(cfg, param_groups=own), named_parameters) + [
+        g for g in extra if g["params"]
+    ]
     cls = torch.optim.Adam if cfg.name == "adam" else torch.optim.AdamW
     kwargs = {"fused": True} if cfg.fused else {}
     return cls(groups, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay, **kwargs)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -11,6 +10,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from distill3d.files import atomic_target
 from geometry.render_output import RenderOutput
 
 
@@ -19,11 +19,15 @@ def to_uint8(image: Float[Tensor, "H W 3"]) -> np.ndarray:
 
 
 def normal_image(render: RenderOutput, i: int) -> Float[Tensor, "H W 3"]:
-    """World normals mapped to [0, 1], over white where the render is empty."""
+    """World normals mapped to [0, 1], over white where the render is empty.
+
+    Composited normals are weighted sums (shorter than 1 at soft edges and inside thin shells): renormalized
+    first, so a colour always means a direction."""
     if render.normal is None:
         return torch.ones_like(render.rgb[i])
     alpha = render.opacity[i]
-    return (render.normal[i] * 0.5 + 0.5) * alpha + (1.0 - alpha)
+    unit = torch.nn.functional.normalize(render.normal[i], dim=-1)
+    return (unit * 0.5 + 0.5) * alpha + (1.0 - alpha)
 
 
 def depth_image(render: RenderOutput, i: int) -> Float[Tensor, "H W 3"]:
@@ -49,30 +53,23 @@ def turntable_frame(render: RenderOutput, i: int) -> Float[Tensor, "H W2 3"]:
     return torch.cat([render.rgb[i], normal_image(render, i)], dim=1)
 
 
-def atomic_path(path: Path) -> Path:
-    """A sibling temporary path with the same suffix (writers pick the format from it)."""
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
-
-
 def save_image(image: np.ndarray, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
-    imageio.imwrite(tmp, image)
-    os.replace(tmp, path)
+    with atomic_target(path) as tmp:
+        imageio.imwrite(tmp, image)
     return path
 
 
 def save_video(frames: list[np.ndarray], path: Path, fps: int = 30) -> Path:
     """H.264 mp4 through imageio-ffmpeg's bundled ffmpeg; frames must share one size."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_path(path)
     # macro_block_size=1 keeps odd sizes as they are; yuv420p needs even sizes, so pad by one if needed.
     h, w = frames[0].shape[:2]
     pad = ((0, h % 2), (0, w % 2), (0, 0))
-    with imageio.get_writer(
-        tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1, pixelformat="yuv420p"
-    ) as writer:
+    with (
+        atomic_target(path) as tmp,
+        imageio.get_writer(
+            tmp, fps=fps, codec="libx264", quality=8, macro_block_size=1, pixelformat="yuv420p"
+        ) as writer,
+    ):
         for frame in frames:
             writer.append_data(np.pad(frame, pad, mode="edge"))
-    os.replace(tmp, path)
     return path

@@ -39,3 +39,15 @@ def tiny_if_path(tmp_path_factory):
     from tests.fixtures.tiny_models import build_tiny_if
 
     return build_tiny_if(tmp_path_factory.mktemp("tiny-if"))
+
+
+@pytest.fixture
+def unchecked_types():
+    """Turn off the test-time type checker (pyproject addopts) for a test that passes ill-typed values on
+    purpose, to check the project's own one-line error for users, who run without a type checker."""
+    import jaxtyping
+
+    before = jaxtyping.config.jaxtyping_disable
+    jaxtyping.config.update("jaxtyping_disable", True)
+    yield
+    jaxtyping.config.update("jaxtyping_disable", before)

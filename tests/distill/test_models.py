@@ -14,10 +14,13 @@ from torch import nn
 from distill.models import (
     ModelLoadConfig,
     WeightsNotFoundError,
+    freeze,
     frozen_module_names,
     frozen_state_dict_keys,
     load_components,
 )
+from distill3d.errors import UserError
+from tests.distill.custom_unet import TaggedUNet
 from tests.fixtures.tiny_models import build_tiny_sd
 
 MISSING_HUB_ID = "distill3d-tests/no-such-model-anywhere"
@@ -82,6 +85,8 @@ def test_missing_local_path_names_the_path(tmp_path):
         load_components(ModelLoadConfig(str(missing)))
     assert str(missing) in str(err.value)
     assert "\n" not in str(err.value)
+    # The command tells bad input from bugs by this base class.
+    assert isinstance(err.value, UserError) and isinstance(err.value, RuntimeError)
 
 
 def test_missing_subfolder_is_named(tmp_path):
@@ -165,3 +170,80 @@ def test_gated_repo_online_says_login(tiny_sd_path, monkeypatch):
     msg = str(err.value)
     assert "gated" in msg and "hf auth login" in msg and "unet" in msg and "online" in msg
     assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+def test_frozen_keys_come_from_the_module_tree_not_the_state_dict(tiny_sd_path):
+    """A system dropping frozen keys from its own state_dict() still gets them from frozen_state_dict_keys."""
+    parts = load_components(ModelLoadConfig(str(tiny_sd_path), device="cpu"), ("vae",))
+
+    class System(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.guidance = nn.Module()
+            self.guidance.vae = parts.vae
+            self.guidance.register_buffer("anchor", torch.zeros(1), persistent=False)
+            self.head = nn.Linear(2, 2)
+
+        def state_dict(self, *args, **kwargs):
+            full = super().state_dict(*args, **kwargs)
+            return {k: v for k, v in full.items() if not k.startswith("guidance.vae.")}
+
+    system = System()
+    assert set(system.state_dict()) == {"head.weight", "head.bias"}
+    assert frozen_state_dict_keys(system) == {"guidance.vae." + k for k in parts.vae.state_dict()}
+    # freeze marks any module: only the outermost frozen module is named.
+    freeze(system.head)
+    assert frozen_module_names(system) == ["guidance.vae", "head"]
+    assert {"head.weight", "head.bias"} <= frozen_state_dict_keys(system)
+
+
+COMPONENT_CLASS = "tests.distill.custom_unet.TaggedUNet"
+
+
+def test_component_classes_load_the_unet_with_a_custom_class(tiny_sd_path):
+    cfg = ModelLoadConfig(str(tiny_sd_path), device="cpu", component_classes={"unet": COMPONENT_CLASS})
+    parts = load_components(cfg, ("unet", "vae"))
+    assert type(parts.unet) is TaggedUNet
+    assert type(parts.vae).__name__ == "AutoencoderKL"  # the other components keep model_index.json's classes
+    assert _all_frozen(parts.unet)
+    saved = load_file(tiny_sd_path / "unet" / "diffusion_pytorch_model.safetensors")
+    loaded = parts.unet.state_dict()
+    assert saved.keys() == loaded.keys() and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    default = load_components(ModelLoadConfig(str(tiny_sd_path), device="cpu"), ("unet",))
+    assert type(default.unet).__name__ == "UNet2DConditionModel"
+
+
+def test_component_classes_dtype_reaches_the_custom_class(tiny_sd_path):
+    cfg = ModelLoadConfig(
+        str(tiny_sd_path), torch_dtype="fp16", device="cpu", component_classes={"unet": COMPONENT_CLASS}
+    )
+    unet = load_components(cfg, ("unet",)).unet
+    assert type(unet) is TaggedUNet and all(p.dtype == torch.float16 for p in unet.parameters())
+
+
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        ({"unet": "tests.distill.custom_unet.NoSuchUNet"}, "cannot be imported"),
+        ({"unet": "no_such_package.module.UNet"}, "cannot be imported"),
+    ],
+)
+def test_bad_component_class_path_is_one_line(tiny_sd_path, classes, match):
+    cfg = ModelLoadConfig(str(tiny_sd_path), device="cpu", component_classes=classes)
+    with pytest.raises(ValueError, match=match) as err:
+        load_components(cfg, ("unet",))
+    assert "\n" not in str(err.value) and "component_classes.unet" in str(err.value)
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    "classes, match",
+    [
+        ({"controlnet": COMPONENT_CLASS}, "unknown component"),
+        ({"unet": "TaggedUNet"}, "package.module.Class"),
+    ],
+)
+def test_bad_component_classes_are_refused_before_loading(classes, match):
+    with pytest.raises(ValueError, match=match) as err:
+        ModelLoadConfig("unused/model", component_classes=classes)
+    assert "\n" not in str(err.value)

@@ -11,12 +11,12 @@ from pathlib import Path
 
 
 def distill3d_command() -> list[str]:
-    """The installed console script (the real entry point); `python -m systems.launch` if it is not on PATH."""
+    """The installed console script (the real entry point); `python -m systems.app.launch` if it is not on PATH."""
     script = Path(sys.executable).with_name("distill3d")
     if script.exists():
         return [str(script)]
     found = shutil.which("distill3d")
-    return [found] if found else [sys.executable, "-m", "systems.launch"]
+    return [found] if found else [sys.executable, "-m", "systems.app.launch"]
 
 
 # Small enough that a run takes seconds on a 2-core CPU; every experiment accepts these keys.
@@ -44,8 +44,23 @@ TINY = [
 ]
 
 
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cli_env() -> dict[str, str]:
+    """Offline, quiet, and with the repository on PYTHONPATH so `_target_`s may name test fixtures."""
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONWARNINGS": "ignore",
+        "PYTHONPATH": path,
+    }
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **popen) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    env = cli_env()
     return subprocess.run(
         [*distill3d_command(), *args],
         cwd=cwd,

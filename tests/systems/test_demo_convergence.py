@@ -3,16 +3,12 @@ and the mesh it exports lies on the analytic surface with the scene's colours. T
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
-import torch
-import trimesh
 
-from geometry.mesh import Mesh
-from geometry.mesh_io import y_up_to_z_up
-from geometry.mesh_metrics import surface_accuracy
-from geometry.scene import builtin_scene
+from geometry.analytic import builtin_scene
+from geometry.mesh.metrics import surface_accuracy
 from tests.systems.cli import run_cli, summary
+from tests.systems.test_export import load_glb_world
 
 CI_DEMO = [
     "trainer.max_steps=300",
@@ -44,10 +40,7 @@ def test_oracle_demo_converges_to_the_scene(demo_run):
 @pytest.mark.slow
 def test_exported_mesh_of_the_fitted_demo_matches_the_scene(demo_run):
     scene = builtin_scene("a snowman")
-    loaded = trimesh.load(demo_run / "export" / "model.glb", force="mesh", process=False)
-    mesh = Mesh(y_up_to_z_up(loaded.vertices), loaded.faces, uv=loaded.visual.uv.astype(np.float32))
-    rgb = loaded.visual.material.to_simple().image.convert("RGB")
-    image = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+    mesh, image = load_glb_world(demo_run / "export" / "model.glb")
     acc = surface_accuracy(mesh, image, scene.sdf, scene.albedo, n_samples=5000)
     assert acc.sample_sdf < 0.03 and acc.vertex_sdf < 0.03, acc
     assert acc.color_error < 0.1, acc

@@ -35,7 +35,7 @@ def _check(run_dir: Path, steps: int) -> dict:
 
 def _num_gaussians(run_dir: Path) -> int:
     state = torch.load(run_dir / "ckpts" / "last.ckpt", map_location="cpu", weights_only=False)
-    return state["state_dict"]["geometry.means"].shape[0]
+    return state["state_dict"]["renderer.geometry.means"].shape[0]
 
 
 @pytest.mark.slow  # ~75 s on a busy 2-core CPU (one real CLI run)
@@ -44,7 +44,7 @@ def test_dreamgaussian_smoke_with_tiny_weights(tmp_path, tiny_sd_path):
     args = [
         "experiment=dreamgaussian",
         f"system.guidance.pretrained_model_name_or_path={tiny_sd_path}",
-        "system.guidance.torch_dtype=fp32",
+        "system.guidance.denoiser.torch_dtype=fp32",
         f"run_dir={run_dir}",
         *TINY_GAUSSIANS,
     ]

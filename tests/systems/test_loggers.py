@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from systems import loggers
-from systems.run_config import LoggerConfig
+from systems.app import loggers
+from systems.app.config import LoggerConfig
 from tests.systems.cli import TINY, run_cli
 
 

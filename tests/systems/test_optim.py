@@ -28,9 +28,9 @@ def test_longest_prefix_wins_and_default_lr_applies():
 
 
 def test_prefix_matching_no_parameter_is_an_error():
-    with pytest.raises(ValueError, match="geometry.encodings"):
+    with pytest.raises(ValueError, match="geometry.fields.hash_grid"):
         build_optimizer(
-            OptimizerConfig(param_groups={"geometry.encodings": 1e-2}), Model().named_parameters()
+            OptimizerConfig(param_groups={"geometry.fields.hash_grid": 1e-2}), Model().named_parameters()
         )
 
 

@@ -1,0 +1,67 @@
+"""Typed configuration of a system (the recipe): component sections, loss weights, shading, optimizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from systems.optim import OptimizerConfig
+
+
+@dataclass
+class ShadingConfig:
+    """Which shading the renderer uses each training step (REFERENCE.md, NeRF: Shading; threestudio's
+    DiffuseWithPointLightMaterial): "albedo" for the first ambient_only_steps, then per batch albedo with
+    probability 1 − diffuse_prob, else textureless with probability textureless_prob, else lambertian.
+
+    mode: "albedo" (always unlit) or "random" (the schedule above).
+    """
+
+    mode: str = "random"
+    ambient_only_steps: int = 2001
+    diffuse_prob: float = 0.75
+    textureless_prob: float = 0.5
+
+    def validate(self) -> None:
+        if self.mode not in ("albedo", "random"):
+            raise ValueError(f"shading.mode must be 'albedo' or 'random', got '{self.mode}'")
+        for name in ("diffuse_prob", "textureless_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"shading.{name} must be in [0, 1], got {getattr(self, name)}")
+
+
+@dataclass
+class SystemConfig:
+    """A recipe: the `_target_` sections of its components and how they are trained.
+
+    geometry / material / background / renderer / guidance / prompt_processor: component sections (a `_target_`
+    plus its typed config); guidance holds its denoiser section. loss: {lambda_<name>: weight or ramp} for the
+    loss names the guidance and renderer declare. eval_chunk_views: views rendered at once in evaluation.
+    """
+
+    geometry: dict = field(default_factory=dict)
+    material: dict = field(default_factory=dict)
+    background: dict = field(default_factory=dict)
+    renderer: dict = field(default_factory=dict)
+    guidance: dict = field(default_factory=dict)
+    prompt_processor: dict = field(default_factory=dict)
+    loss: dict[str, Any] = field(default_factory=lambda: {"lambda_guidance": 1.0})
+    shading: ShadingConfig = field(default_factory=ShadingConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    max_nonfinite_in_a_row: int = 20
+    eval_chunk_views: int = 4
+
+    def validate(self) -> None:
+        if self.max_nonfinite_in_a_row < 1:
+            raise ValueError("system.max_nonfinite_in_a_row must be >= 1")
+
+
+@dataclass
+class RunInfo:
+    """What a system is told about its run (not part of the recipe)."""
+
+    prompt: str
+    negative_prompt: str = ""
+    scene: str | None = None
+    max_steps: int = 1000
+    seed: int = 0
