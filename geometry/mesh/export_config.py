@@ -33,6 +33,8 @@ class ExportConfig:
     around the object and at what resolution. gaussian_ply_frame: "y_up" (glTF / DreamGaussian / splat viewers:
     front +Z, up +Y) or "world" (this project's z-up frame). gaussian_ply_sh_degree: pad f_rest_* with zeros up to
     this SH degree (3 → 45 values, for loaders that expect them), or null to write the model's own degree.
+    max_memory_gb: refuse a resolution whose estimated extraction peak exceeds this (None: the memory the
+    machine has available when the run starts).
     """
 
     enabled: bool = True  # a training run exports at its end
@@ -56,6 +58,15 @@ class ExportConfig:
     bake_resolution: int = 256
     gaussian_ply_frame: str = "y_up"
     gaussian_ply_sh_degree: int | None = None
+    max_memory_gb: float | None = None  # extraction memory budget (None: what the machine has available)
+
+    def check_memory(self) -> None:
+        """Refuse, before anything runs, a grid whose extraction would not fit (geometry/mesh/memory.py)."""
+        from geometry.mesh.memory import memory_problem
+
+        problem = memory_problem(int(self.resolution), self.max_memory_gb)
+        if problem:
+            raise ExportError(problem)
 
     def validate(self) -> ExportConfig:
         """Raise ExportError with one line per bad value (and how to fix it); return self when valid."""
@@ -95,6 +106,8 @@ class ExportConfig:
             errors.append("export.bake_views must be 1..256 and export.bake_resolution 32..2048")
         if self.gaussian_ply_frame not in ("y_up", "world"):
             errors.append(f"export.gaussian_ply_frame={self.gaussian_ply_frame!r}: use 'y_up' or 'world'")
+        if self.max_memory_gb is not None and self.max_memory_gb <= 0:
+            errors.append(f"export.max_memory_gb={self.max_memory_gb}: use a positive number of GB, or null")
         if self.gaussian_ply_sh_degree is not None and not 0 <= self.gaussian_ply_sh_degree <= 3:
             errors.append(f"export.gaussian_ply_sh_degree={self.gaussian_ply_sh_degree}: use 0..3 or null")
         if errors:

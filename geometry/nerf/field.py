@@ -150,8 +150,10 @@ class ImplicitVolume(nn.Module):
         bias = density_bias(
             points, c.density_bias, c.density_blob_scale, c.density_blob_std, c.density_bias_constant
         )
-        density = self._activation(self.density_mlp(encoded) + bias) * inside
-        albedo = torch.sigmoid(self.feature_mlp(encoded)) if want_albedo else None
+        # Under mixed precision the MLPs run in fp16/bf16; their outputs come back to fp32 here, so the
+        # activations (an exponential) and all compositing downstream stay in full precision.
+        density = self._activation(self.density_mlp(encoded).float() + bias) * inside
+        albedo = torch.sigmoid(self.feature_mlp(encoded).float()) if want_albedo else None
         return density, albedo
 
     def density(self, points: Float[Tensor, "N 3"]) -> Float[Tensor, "N 1"]:

@@ -1,59 +1,11 @@
-"""Lightning callbacks: graceful SIGINT/SIGTERM handling and a progress bar that knows the step count."""
+"""Progress callbacks: one bar on a terminal that knows the step count, plain periodic lines in a log."""
 
 from __future__ import annotations
 
-import signal
 import time
-from pathlib import Path
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import TQDMProgressBar
-
-from distill3d.files import atomic_target
-
-
-def save_checkpoint_atomically(trainer: pl.Trainer, path: Path) -> Path:
-    """Write to a temporary file, then rename: a checkpoint is never half-written."""
-    with atomic_target(path) as tmp:
-        trainer.save_checkpoint(str(tmp))
-    return path
-
-
-class GracefulInterrupt(pl.Callback):
-    """On SIGINT/SIGTERM, finish the current step, write the checkpoint, and stop training cleanly.
-
-    Our handlers replace Python's default (KeyboardInterrupt mid-step) and Lightning's SIGTERM handler
-    (which raises at the next batch) only while training runs.
-    """
-
-    def __init__(self, checkpoint_path: Path) -> None:
-        self.checkpoint_path = checkpoint_path
-        self.received: int | None = None
-        self._previous: dict[int, object] = {}
-
-    def _handler(self, signum, frame) -> None:
-        if self.received is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl+C means "now"
-        self.received = signum
-
-    def on_train_start(self, trainer, pl_module) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.getsignal(sig)
-            signal.signal(sig, self._handler)
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.received is not None and not trainer.should_stop:
-            save_checkpoint_atomically(trainer, self.checkpoint_path)
-            trainer.should_stop = True
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    @property
-    def signal_name(self) -> str:
-        return signal.Signals(self.received).name if self.received is not None else ""
 
 
 class StepProgressBar(TQDMProgressBar):

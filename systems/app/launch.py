@@ -7,7 +7,9 @@
     distill3d -m prompt="a snowman,a donut"     # Hydra multirun sweep
 
 Bad input (unknown key or experiment, impossible value, missing file or weights) ends with one line on
-stderr naming the problem and the fix, exit code 2, and nothing written.
+stderr naming the problem and the fix, exit code 2, and nothing written. A sweep (-m) runs every job: a failed
+job is reported (and recorded in its run's summary.json) and the next one starts; the sweep then exits 1
+naming the failed jobs. An interrupted job (Ctrl+C, SIGTERM) stops the whole sweep.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from distill3d.errors import ConfigError, InputFileError, UserError
@@ -52,20 +55,45 @@ def main() -> None:
         fail(str(e))
     sys.argv[1:] = argv
     _app()
+    if FAILED_JOBS:
+        listed = "; ".join(
+            f"job {n} ({' '.join(x.lstrip('+') for x in o) or 'defaults'}): {m}" for n, o, m in FAILED_JOBS
+        )
+        fail(f"{len(FAILED_JOBS)} of {JOBS_RUN[0]} sweep jobs failed: {listed}", code=1)
+
+
+FAILED_JOBS: list[tuple[int, list[str], str]] = []  # (job number, its overrides, the error) in a sweep
+JOBS_RUN = [0]
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="config")
 def _app(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    overrides = list(hydra_cfg.overrides.task)
+    sweep = hydra_cfg.mode == RunMode.MULTIRUN
+    JOBS_RUN[0] += 1
     try:
-        code = execute(cfg, list(HydraConfig.get().overrides.task))
+        code = execute(cfg, overrides)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     except Exception as e:
+        message = one_line(e)
+        if not sweep:
+            if not is_user_error(e):
+                raise
+            fail(message)
         if not is_user_error(e):
-            raise
-        fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+            log.exception("sweep job %s failed", hydra_cfg.job.num)
+        print(f"distill3d: error: sweep job {hydra_cfg.job.num}: {message}", file=sys.stderr)
+        FAILED_JOBS.append((hydra_cfg.job.num, overrides, message))
+        return
     if code:
-        sys.exit(code)
+        sys.exit(code)  # an interrupt (128 + signal): in a sweep too, the user wants it all to stop
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def resolved_config(cfg: DictConfig, task_overrides: list[str]) -> dict[str, Any]:
@@ -75,7 +103,7 @@ def resolved_config(cfg: DictConfig, task_overrides: list[str]) -> dict[str, Any
         return raw
     from systems.app.run_dir import resolve_checkpoint
 
-    run_dir, _ = resolve_checkpoint(raw["resume"], "resume")
+    run_dir, _ = resolve_checkpoint(raw["resume"], "resume", need_final=raw.get("mode", "train") != "train")
     saved_path = run_dir / "config.yaml"
     if not saved_path.is_file():
         raise InputFileError(f"resume={raw['resume']}: {saved_path} is missing; it is not a distill3d run")

@@ -15,12 +15,41 @@ from omegaconf import DictConfig, OmegaConf
 
 from systems.typed_config import ConfigError, suggest
 
+QUOTE_HINT = (
+    "Hydra reads quotes, brackets, commas and non-ASCII letters in a value as syntax: quote the value for Hydra"
+    """ inside the shell's quotes, e.g. 'prompt="a cat's hat"'"""
+)
+
 
 def _parse(overrides: list[str]):
+    parser = OverridesParser.create()
     try:
-        return OverridesParser.create().parse_overrides(overrides=overrides)
+        return parser.parse_overrides(overrides=overrides)
     except HydraException as e:
-        raise ConfigError(f"cannot parse the command line: {str(e).splitlines()[0]}") from None
+        bad = next((o for o in overrides if not _parses(parser, o)), None)
+        what = f"'{bad}'" if bad else f"the command line ({str(e).splitlines()[0]})"
+        raise ConfigError(f"cannot parse {what}: {QUOTE_HINT}") from None
+
+
+def _parses(parser, override: str) -> bool:
+    try:
+        parser.parse_overrides(overrides=[override])
+    except HydraException:
+        return False
+    return True
+
+
+def quote_plain_values(argv: list[str], positions: list[int]) -> None:
+    """`prompt=a cat's hat` (the shell already removed the user's quotes) → `prompt="a cat's hat"`: a value that
+    Hydra cannot parse is quoted for it, unless it holds a comma (it may be a sweep: say so instead)."""
+    parser = OverridesParser.create()
+    for i in positions:
+        key, _, value = argv[i].partition("=")
+        if _parses(parser, argv[i]) or "," in value or value[:1] in "\"'[{(":
+            continue
+        quote = '"' if '"' not in value else "'" if "'" not in value else None
+        if quote and _parses(parser, f"{key}={quote}{value}{quote}"):
+            argv[i] = f"{key}={quote}{value}{quote}"
 
 
 def _groups(config_dir: Path) -> set[str]:
@@ -36,6 +65,7 @@ def precheck(config_dir: Path, argv: list[str]) -> None:
     positions = [i for i, a in enumerate(argv) if not a.startswith("-") and "=" in a]
     flags_with_values = {"--config-name", "-cn", "--config-path", "-cp", "--config-dir", "-cd"}
     positions = [i for i in positions if i == 0 or argv[i - 1] not in flags_with_values]
+    quote_plain_values(argv, positions)
     parsed = _parse([argv[i] for i in positions])
     groups = _groups(config_dir)
     known = experiments(config_dir)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,6 @@ CKPT_NAME = "ckpts/last.ckpt"
 def slug(text: str, max_len: int = 48) -> str:
     s = re.sub(r"[^A-Za-z0-9]+", "_", text.strip()).strip("_")
     return (s[:max_len] or "run").rstrip("_")
-
-
-def new_run_dir(output_root: str, experiment: str, tag: str) -> Path:
-    """outputs/<experiment>/<tag>@<YYYYmmdd-HHMMSS>/ (a suffix keeps parallel sweeps apart)."""
-    base = Path(output_root) / experiment / f"{tag}@{datetime.now():%Y%m%d-%H%M%S}"
-    path, n = base, 1
-    while path.exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
 
 
 def write_config(run_dir: Path, cfg: DictConfig | dict) -> Path:
@@ -47,17 +37,26 @@ def read_summary(run_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def resolve_checkpoint(target: str, what: str) -> tuple[Path, Path]:
-    """`resume=`/`weights=` value → (run directory, checkpoint file); raises FileNotFoundError with the fix."""
+def resolve_checkpoint(target: str, what: str, need_final: bool = True) -> tuple[Path, Path | None]:
+    """`resume=`/`weights=` value → (run directory, final checkpoint). need_final=False (resume= of training):
+    a run directory whose final checkpoint does not exist yet is fine (None) if it holds any checkpoint, e.g.
+    a periodic one of a run killed in its first stage."""
     path = Path(target).expanduser()
     if path.is_dir():
         ckpt = path / CKPT_NAME
-        if not ckpt.is_file():
+        if ckpt.is_file():
+            return path, ckpt
+        if not need_final and any((path / "ckpts").glob("*.ckpt")):
+            return path, None
+        if not need_final and (path / "config.yaml").is_file():
             raise InputFileError(
-                f"{what}={target}: no checkpoint at {ckpt}; give a run directory that finished"
-                " or was interrupted, or a .ckpt file"
+                f"{what}={target}: the run stopped before its first checkpoint (nothing in {path / 'ckpts'});"
+                f" start it again with run_dir={path} overwrite=true"
             )
-        return path, ckpt
+        raise InputFileError(
+            f"{what}={target}: no checkpoint at {ckpt}; give a run directory that finished"
+            " or was interrupted, or a .ckpt file"
+        )
     if path.is_file():
         run_dir = path.parent.parent if path.parent.name == "ckpts" else path.parent
         return run_dir, path

@@ -1,12 +1,16 @@
 """One distill3d run: build → train every stage → turntable → metrics → export → summary.json.
 
-Everything that can be wrong with the input was checked by validation; the first stage's system (weights
-included) is built before the run directory is created, so bad input or missing weights leave nothing behind.
+Everything that can be wrong with the input was checked by validation; the first stage's system is built, its
+weights loaded and any checkpoint it resumes from read before the run directory is claimed (systems/app/claim.py),
+so bad input, missing weights or a corrupt checkpoint leave nothing written. From then on the run always ends
+with a summary.json status: completed, interrupted (a signal; exit 128 + its number) or failed (the error).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import sys
 import time
 import warnings
@@ -14,24 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 
 from geometry.mesh.export import ExportError, ExportViews, export_geometry
-from systems.app.callbacks import (
-    GracefulInterrupt,
-    PlainProgress,
-    StepProgressBar,
+from systems.app.callbacks import PlainProgress, StepProgressBar
+from systems.app.checkpoints import (
+    PeriodicCheckpoint,
+    load_weights,
+    read_checkpoint,
     save_checkpoint_atomically,
 )
+from systems.app.claim import RunLock, claim_existing, claim_explicit, claim_new
+from systems.app.interrupts import InterruptCallback, Interrupts, RunInterrupted
 from systems.app.loggers import build_logger
-from systems.app.run_dir import (
-    new_run_dir,
-    read_summary,
-    resolve_checkpoint,
-    slug,
-    write_config,
-    write_summary,
-)
+from systems.app.run_dir import read_summary, resolve_checkpoint, slug, write_config, write_summary
 from systems.app.stages import completed_stages
 from systems.app.validation import ValidatedRun, ValidatedStage
 from systems.data import eval_distance_fovy, orbit_cameras
@@ -52,18 +51,13 @@ for _pattern in (
     warnings.filterwarnings("ignore", message=_pattern)
 
 
-def load_weights(system, ckpt: Path) -> int:
-    """Load a checkpoint's parameters into `system`; returns the step it was saved at."""
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
-    system.load_state_dict(state["state_dict"])
-    return int(state.get("global_step", 0))
-
-
 class Runner:
     def __init__(self, validated: ValidatedRun) -> None:
         self.validated = validated
         self.cfg = validated.cfg
         self.multi_stage = len(validated.stages) > 1
+        self.interrupts = Interrupts()
+        self.phase: dict[str, Any] = {"phase": "start"}  # where the run is, for an interrupted/failed summary
 
     # ---- building -------------------------------------------------------------------------------------
     def build_system(self, vs: ValidatedStage, training: bool, run_dir: Path | None = None):
@@ -80,16 +74,27 @@ class Runner:
         )
         return system, datamodule
 
-    def run_directory(self) -> Path:
+    def claim(self) -> tuple[Path, RunLock, bool]:
+        """(run directory, its lock, whether it was created now): resume/test/export lock the run they name;
+        run_dir= is refused when it holds a run (unless overwrite=true); a new run gets a new directory."""
         cfg = self.cfg
-        if cfg.resume:
-            return resolve_checkpoint(cfg.resume, "resume")[0]
+        if cfg.resume or cfg.mode != "train":
+            target, what = (cfg.resume, "resume") if cfg.resume else (cfg.weights, "weights")
+            run_dir = resolve_checkpoint(target, what, need_final=cfg.mode != "train")[0]
+            return run_dir, claim_existing(run_dir), False
         if cfg.run_dir:
-            return Path(cfg.run_dir)
+            run_dir = Path(cfg.run_dir)
+            existed = run_dir.exists()
+            lock = claim_explicit(run_dir, cfg.overwrite, read_summary(run_dir).get("status"))
+            return run_dir, lock, not existed
         tag = cfg.tag or slug(cfg.prompt or Path(cfg.scene or "scene").stem)
-        return new_run_dir(cfg.output_root, cfg.experiment_name, tag)
+        run_dir, lock = claim_new(cfg.output_root, cfg.experiment_name, tag)
+        return run_dir, lock, True
 
-    def trainer(self, vs: ValidatedStage, run_dir: Path, callbacks: list, logger) -> pl.Trainer:
+    def trainer(
+        self, vs: ValidatedStage, run_dir: Path, callbacks: list, logger, checkpoint: Path | None = None
+    ) -> pl.Trainer:
+        """checkpoint: where a signal during training saves the state (the stage checkpoint)."""
         t = vs.cfg.trainer
         interval = t.val_check_interval if 0 < t.val_check_interval <= max(t.max_steps, 1) else None
         # One bar on a terminal; plain periodic lines in a log (a redrawn bar would fill it with cursor codes).
@@ -103,9 +108,9 @@ class Runner:
             max_epochs=-1,
             accelerator=t.accelerator,
             devices=t.devices,
-            precision=t.precision,
+            precision=t.resolved_precision(),
             logger=logger,
-            callbacks=callbacks,
+            callbacks=[InterruptCallback(self.interrupts, checkpoint), *callbacks],
             enable_progress_bar=bar,
             enable_checkpointing=False,
             enable_model_summary=False,
@@ -120,57 +125,113 @@ class Runner:
 
     # ---- running -------------------------------------------------------------------------------------
     def run(self, start: float) -> int:
-        if self.cfg.mode == "train":
-            return self.train(start)
-        return self.evaluate_only(start)
+        prepared = self.prepare_training() if self.cfg.mode == "train" else self.prepare_evaluation()
+        run_dir, lock, created = self.claim()
+        summary: dict[str, Any] = read_summary(run_dir) if self.cfg.resume else {}
+        self.interrupts.install()
+        try:
+            if self.cfg.mode == "train":
+                return self.train(prepared, run_dir, summary, start)
+            return self.evaluate_only(prepared, run_dir, summary, start)
+        except RunInterrupted:
+            return self.stopped(run_dir, summary, start, "interrupted")
+        except BaseException as e:
+            if created and self.phase["phase"] == "start":
+                lock.release()
+                shutil.rmtree(run_dir, ignore_errors=True)  # a failed start leaves nothing behind
+            else:
+                summary["error"] = (
+                    f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                )
+                self.stopped(run_dir, summary, start, "failed")
+            raise
+        finally:
+            self.interrupts.uninstall()
+            lock.release()
 
-    def train(self, start: float) -> int:
+    def stopped(self, run_dir: Path, summary: dict, start: float, status: str) -> int:
+        """Record an interrupted or failed training run in summary.json (mode=test|export leave the trained
+        run's record as it was); returns the exit code of an interrupt."""
+        if self.cfg.mode == "train":
+            summary.update(status=status, stopped=dict(self.phase), wall_seconds=time.perf_counter() - start)
+            write_summary(run_dir, summary)
+        if status == "interrupted":
+            where = " ".join(f"{k} {v}" for k, v in self.phase.items() if k != "phase")
+            print(
+                f"distill3d: {self.interrupts.signal_name} received during {self.phase['phase']}"
+                f"{f' ({where})' if where else ''}; summary: {run_dir / 'summary.json'}\n"
+                f"continue with: distill3d resume={run_dir}"
+            )
+        return self.interrupts.exit_code
+
+    def prepare_training(self):
+        """The first pending stage's system, with its weights= or resume checkpoint read and loaded: a broken
+        checkpoint fails here, before the run directory is touched. Returns (pending stages, built, resume ckpt)."""
         cfg, stages = self.cfg, self.validated.stages
-        summary_before = read_summary(self.run_directory()) if cfg.resume else {}
-        done = completed_stages(summary_before)
+        run_dir = resolve_checkpoint(cfg.resume, "resume", need_final=False)[0] if cfg.resume else None
+        done = completed_stages(read_summary(run_dir)) if run_dir else set()
         pending = [vs for vs in stages if vs.stage.final or vs.stage.name not in done]
-        first = self.build_system(pending[0], training=True)  # loads weights: before any disk write
-        run_dir = self.run_directory()
-        run_dir.mkdir(parents=True, exist_ok=True)
+        built = self.build_system(pending[0], training=True)
+        ckpt = run_dir / pending[0].stage.checkpoint if run_dir else None
+        resume_ckpt = ckpt if ckpt is not None and ckpt.is_file() else None
+        if resume_ckpt is not None:
+            load_weights(built[0], resume_ckpt, "resume")
+        else:
+            self.initialize(built[0], pending[0], run_dir)
+        return pending, built, resume_ckpt
+
+    def train(self, prepared, run_dir: Path, summary: dict, start: float) -> int:
+        cfg = self.cfg
+        pending, first, first_resume = prepared
         write_config(run_dir, self.validated.raw)
-        summary = dict(summary_before)
         summary.update(experiment=cfg.experiment_name, prompt=cfg.prompt, mode=cfg.mode, run_dir=str(run_dir))
-        artifacts = summary.setdefault("artifacts", {})
-        artifacts["config"] = str(run_dir / "config.yaml")
+        summary.update(status="running", pid=os.getpid())
+        summary.pop("error", None), summary.pop("stopped", None)
+        summary.setdefault("artifacts", {})["config"] = str(run_dir / "config.yaml")
+        write_summary(run_dir, summary)
         system = trainer = None
         for i, vs in enumerate(pending):
-            built = first if i == 0 else self.build_system(vs, training=True)
-            system, trainer, code = self.train_stage(vs, run_dir, summary, built, start)
+            if i == 0:
+                built, resume_ckpt = first, first_resume
+            else:
+                built = self.build_system(vs, training=True)
+                resume_ckpt = None
+                self.initialize(built[0], vs, run_dir)
+            system, trainer, code = self.train_stage(vs, run_dir, summary, built, resume_ckpt)
             if code:
-                return code
+                return self.stopped(run_dir, summary, start, "interrupted")
         return self.finish(system, run_dir, summary, start, tester=trainer)
 
-    def train_stage(self, vs: ValidatedStage, run_dir: Path, summary: dict, built, start: float):
-        """Fit one stage (resuming its checkpoint if there is one); returns (system, trainer, exit code or 0)."""
+    def train_stage(self, vs: ValidatedStage, run_dir: Path, summary: dict, built, resume_ckpt: Path | None):
+        """Fit one stage (from `resume_ckpt` if given); returns (system, trainer, exit code or 0)."""
         cfg, stage = vs.cfg, vs.stage
         system, datamodule = built
         system.run_dir = run_dir
         ckpt_path = run_dir / stage.checkpoint
-        resume_ckpt = ckpt_path if cfg.resume and ckpt_path.is_file() else None
-        if resume_ckpt is None:
-            self.initialize(system, vs, run_dir)
-        interrupt = GracefulInterrupt(ckpt_path)
-        logger = build_logger(cfg.logger, run_dir, version=stage.name if self.multi_stage else "")
-        trainer = self.trainer(vs, run_dir, [interrupt], logger)
+        resume_step = (
+            int(read_checkpoint(resume_ckpt, "resume").get("global_step", 0)) if resume_ckpt else None
+        )
+        c = cfg.checkpoint
+        periodic = PeriodicCheckpoint(ckpt_path, c.every_n_steps, c.every_minutes, c.keep_last)
+        version = stage.name if self.multi_stage else ""
+        logger = build_logger(cfg.logger, run_dir, version, resume_step, cfg.trainer.log_every_n_steps)
+        trainer = self.trainer(vs, run_dir, [periodic], logger, checkpoint=ckpt_path)
+        self.phase = {"phase": "train", **({"stage": stage.name} if self.multi_stage else {})}
         train_start = time.perf_counter()
         trainer.fit(system, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
-        if interrupt.received is None:
-            save_checkpoint_atomically(trainer, ckpt_path)
+        interrupted = self.interrupts.received is not None
+        if not interrupted or not any(getattr(c, "saved", False) for c in trainer.callbacks):
+            save_checkpoint_atomically(trainer, ckpt_path)  # (a signal after the last step saved nothing yet)
+        self.phase["step"] = trainer.global_step
         record = {
             "name": stage.name,
             "steps": trainer.global_step,
             "train_seconds": time.perf_counter() - train_start,
+            "status": "interrupted" if interrupted else "completed",
         }
-        record["status"] = "interrupted" if interrupt.received is not None else "completed"
+        order = [x.stage.name for x in self.validated.stages]
         stages = [s for s in summary.get("stages", []) if s["name"] != stage.name]
-        summary["stages"] = sorted(
-            [*stages, record], key=lambda s: [x.stage.name for x in self.validated.stages].index(s["name"])
-        )
+        summary["stages"] = sorted([*stages, record], key=lambda s: order.index(s["name"]))
         summary.update(
             steps=trainer.global_step,
             skipped_steps=system.skipped_steps,
@@ -179,38 +240,33 @@ class Runner:
         artifacts = summary["artifacts"]
         artifacts["checkpoint"] = str(ckpt_path)
         artifacts["validation"] = artifacts.get("validation", []) + system.artifacts.get("validation", [])
-        if interrupt.received is None:
-            return system, trainer, 0
-        summary.update(status="interrupted", stage=stage.name, wall_seconds=time.perf_counter() - start)
-        write_summary(run_dir, summary)
-        print(
-            f"distill3d: {interrupt.signal_name} received at step {trainer.global_step}"
-            f"{f' of stage {stage.name}' if self.multi_stage else ''}: checkpoint saved to {ckpt_path}\n"
-            f"continue with: distill3d resume={run_dir}"
-        )
-        return system, trainer, 128 + int(interrupt.received)
+        write_summary(run_dir, summary)  # a later stage killed hard still knows this one finished
+        return system, trainer, self.interrupts.exit_code if interrupted else 0
 
-    def initialize(self, system, vs: ValidatedStage, run_dir: Path) -> None:
+    def initialize(self, system, vs: ValidatedStage, run_dir: Path | None) -> None:
         """A fresh stage starts from an earlier stage (init_from) or, for the first, from weights=."""
         stage = vs.stage
         if stage.init_from is not None:
             source_vs = next(s for s in self.validated.stages if s.stage.name == stage.init_from)
             source, _ = self.build_system(source_vs, training=False)
-            load_weights(source, run_dir / source_vs.stage.checkpoint)
+            load_weights(source, run_dir / source_vs.stage.checkpoint, f"stage {stage.init_from}")
             system.geometry.init_from(source.geometry)
             log.info("stage %s initialized from stage %s", stage.name, stage.init_from)
         elif self.cfg.weights and stage.index == 0:
-            load_weights(system, resolve_checkpoint(self.cfg.weights, "weights")[1])
+            load_weights(system, resolve_checkpoint(self.cfg.weights, "weights")[1], "weights")
 
-    def evaluate_only(self, start: float) -> int:
-        """mode=test|export: the final stage's system from a checkpoint, no training, no weights loaded."""
+    def prepare_evaluation(self):
+        """mode=test|export: the final stage's system from a checkpoint (read before anything is written)."""
         cfg, vs = self.cfg, self.validated.final
         system, _ = self.build_system(vs, training=False)
         what, target = ("resume", cfg.resume) if cfg.resume else ("weights", cfg.weights)
-        run_dir, ckpt = resolve_checkpoint(target, what)
-        steps = load_weights(system, ckpt)
+        steps = load_weights(system, resolve_checkpoint(target, what)[1], what)
+        return system, steps
+
+    def evaluate_only(self, prepared, run_dir: Path, summary: dict, start: float) -> int:
+        cfg = self.cfg
+        system, steps = prepared
         system.run_dir = run_dir
-        summary = read_summary(run_dir) if cfg.resume else {}
         summary.update(experiment=cfg.experiment_name, prompt=cfg.prompt, mode=cfg.mode, run_dir=str(run_dir))
         summary.setdefault("steps", steps)
         summary.setdefault("artifacts", {})["config"] = str(run_dir / "config.yaml")
@@ -225,17 +281,22 @@ class Runner:
         training = tester is not None
         artifacts = summary.setdefault("artifacts", {})
         if cfg.mode in ("train", "test"):
+            self.phase = {"phase": "turntable"}
             tester = tester or self.trainer(vs, run_dir, [], False)
             tester.test(system, datamodule=RandomCameraDataModule(vs.cfg.data), verbose=False)
             if "video" in system.artifacts:
                 artifacts["video"] = system.artifacts["video"]
+        self.phase = {"phase": "metrics"}
         metrics = self.evaluate(system)
         if metrics:
             summary["metrics"] = {**summary.get("metrics", {}), **metrics}
         if cfg.mode == "export" or (training and cfg.export.enabled):
+            self.phase = {"phase": "export"}
             self.export(system, run_dir, summary, required=cfg.mode == "export")
+        self.phase = {"phase": "done"}
         summary.update(status="completed", wall_seconds=time.perf_counter() - start)
-        summary.pop("stage", None)
+        for key in ("stage", "stopped", "error", "pid"):
+            summary.pop(key, None)
         write_summary(run_dir, summary)
         self.report(run_dir, summary)
         return 0

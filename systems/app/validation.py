@@ -79,7 +79,8 @@ def validate_run(raw: dict[str, Any]) -> ValidatedRun:
         ground_truth(system_cfg, validated.run_info())  # a missing or malformed scene file fails here
         stages.append(validated)
     cfg = stages[-1].cfg
-    for what, target_path in (("resume", cfg.resume), ("weights", cfg.weights)):
-        if target_path:
-            resolve_checkpoint(target_path, what)
+    if cfg.resume:
+        resolve_checkpoint(cfg.resume, "resume", need_final=cfg.mode != "train")
+    if cfg.weights:
+        resolve_checkpoint(cfg.weights, "weights")
     return ValidatedRun(raw, stages)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.systems.cli import run_cli
 
@@ -31,6 +32,17 @@ BAD_SCENE = "name: bad\nprimitives:\n  - {type: sphere, center: [0, 0], radius: 
         (["system.loss.lambda_orient=1"], "needs normals while training"),
         (["system.guidance.denoiser._target_=nope.Nope"], "cannot be imported"),
         (["stages=[{name: a},{name: a}]"], "used twice"),
+        pytest.param(
+            ["trainer.accelerator=gpu"],
+            "no CUDA GPU is visible",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU"),
+        ),
+        (["trainer.precision=16-true"], "pure half weights"),
+        (["trainer.devices=2"], "one device per run"),
+        (["export.resolution=1024", "export.max_memory_gb=8"], "use export.resolution="),
+        (["prompt=[a cat"], "quote the value"),
+        (["overwrite=true"], "overwrite=true needs run_dir="),
+        (["checkpoint.every_n_steps=-1"], "must be >= 0"),
     ],
     ids=[
         "unknown-experiment",
@@ -46,6 +58,13 @@ BAD_SCENE = "name: bad\nprimitives:\n  - {type: sphere, center: [0, 0], radius: 
         "orient-without-normals",
         "bad-denoiser-target",
         "duplicate-stage",
+        "gpu-without-cuda",
+        "pure-half-precision",
+        "several-devices",
+        "export-memory",
+        "unparsable-value",
+        "overwrite-without-run-dir",
+        "negative-checkpoint-interval",
     ],
 )
 def test_bad_input_gives_one_clear_line(tmp_path, args, expected):

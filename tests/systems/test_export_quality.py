@@ -16,7 +16,8 @@ from geometry.gaussians.renderer import SplatRenderer, SplatRendererConfig
 from geometry.mesh.export import ExportConfig, ExportViews, export_geometry
 from geometry.mesh.metrics import sample_surface, surface_accuracy
 from geometry.mesh.surface import density_to_mesh
-from systems.app.runner import Runner, load_weights
+from systems.app.checkpoints import load_weights
+from systems.app.runner import Runner
 from systems.app.validation import validate_run
 from systems.data import eval_distance_fovy
 from tests.systems.cli import run_cli, summary
@@ -117,7 +118,7 @@ def _fitted(run_dir: Path):
     raw.update(resume=str(run_dir), mode="export", weights=None, run_dir=None)
     validated = validate_run(raw)
     system, _ = Runner(validated).build_system(validated.final, training=False)
-    load_weights(system, run_dir / "ckpts" / "last.ckpt")
+    load_weights(system, run_dir / "ckpts" / "last.ckpt", "weights")
     system.eval()
     data = validated.final.cfg.data
     distance, fovy = eval_distance_fovy(data)
