@@ -67,6 +67,13 @@ def marching_cubes(values: Float[Tensor, "R R R"], level: float, radius: float) 
     return orient_outward(mesh)
 
 
+def raised_above(values: Float[Tensor, "R R R"], mask: Tensor, level: float) -> Float[Tensor, "R R R"]:
+    """A copy of the grid with the voxels of `mask` set above both `level` and every value (made solid)."""
+    filled = values.clone()
+    filled[mask] = max(float(values.max()), level) + 1.0
+    return filled
+
+
 def fill_cavities(values: Float[Tensor, "R R R"], level: float, closing: int = 2) -> Float[Tensor, "R R R"]:
     """Raise the grid values of hollow pockets inside the object above `level`, so marching cubes emits no
     inner walls.
@@ -86,9 +93,7 @@ def fill_cavities(values: Float[Tensor, "R R R"], level: float, closing: int = 2
     pockets = torch.from_numpy(binary_fill_holes(sealed) & ~inside)
     if not bool(pockets.any()):
         return values
-    filled = values.clone()
-    filled[pockets] = max(float(values.max()), level) + 1.0
-    return filled
+    return raised_above(values, pockets, level)
 
 
 @dataclass
@@ -195,9 +200,7 @@ def fill_hidden(
     fill = hidden & far
     if not bool(fill.any()):
         return values
-    filled = values.clone()
-    filled[fill] = max(float(values.max()), level) + 1.0
-    return filled
+    return raised_above(values, fill, level)
 
 
 @dataclass

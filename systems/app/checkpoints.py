@@ -53,7 +53,6 @@ class PeriodicCheckpoint(pl.Callback):
             keep_last,
         )
         self._last_save = time.monotonic()
-        self.saved_steps: list[int] = []
 
     def on_train_start(self, trainer, pl_module) -> None:
         self._last_save = time.monotonic()
@@ -69,7 +68,6 @@ class PeriodicCheckpoint(pl.Callback):
             return  # the end of training (or an interrupt) saves the stage checkpoint itself
         save_checkpoint_atomically(trainer, self.path)
         self._last_save = time.monotonic()
-        self.saved_steps.append(step)
         if self.keep_last > 0:
             keep_copy(self.path, step_checkpoint_name(self.path, step))
             for old in step_checkpoints(self.path)[: -self.keep_last]:

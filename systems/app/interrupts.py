@@ -64,7 +64,7 @@ class InterruptCallback(pl.Callback):
 
     def __init__(self, interrupts: Interrupts, checkpoint_path=None) -> None:
         self.interrupts, self.checkpoint_path = interrupts, checkpoint_path
-        self.saved = False
+        self._saved = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         self.interrupts.install()
@@ -73,10 +73,13 @@ class InterruptCallback(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.interrupts.received is not None and not trainer.should_stop:
             save_checkpoint_atomically(trainer, self.checkpoint_path)
-            self.saved = True
+            self._saved = True
             trainer.should_stop = True
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.interrupts.received is not None and not self._saved:  # a signal after the last step
+            save_checkpoint_atomically(trainer, self.checkpoint_path)
+            self._saved = True
         self.interrupts.deferred = False
 
     def on_test_start(self, trainer, pl_module) -> None:

@@ -24,7 +24,6 @@ from systems.app.callbacks import PlainProgress, StepProgressBar
 from systems.app.checkpoints import (
     PeriodicCheckpoint,
     load_weights,
-    read_checkpoint,
     save_checkpoint_atomically,
 )
 from systems.app.claim import RunLock, claim_existing, claim_explicit, claim_new
@@ -166,19 +165,18 @@ class Runner:
 
     def prepare_training(self):
         """The first pending stage's system, with its weights= or resume checkpoint read and loaded: a broken
-        checkpoint fails here, before the run directory is touched. Returns (pending stages, built, resume ckpt)."""
+        checkpoint fails here, before the run directory is touched. Returns (pending stages, built, resume), resume
+        the (checkpoint, its step) the first stage continues from, or None."""
         cfg, stages = self.cfg, self.validated.stages
         run_dir = resolve_checkpoint(cfg.resume, "resume", need_final=False)[0] if cfg.resume else None
         done = completed_stages(read_summary(run_dir)) if run_dir else set()
         pending = [vs for vs in stages if vs.stage.final or vs.stage.name not in done]
         built = self.build_system(pending[0], training=True)
         ckpt = run_dir / pending[0].stage.checkpoint if run_dir else None
-        resume_ckpt = ckpt if ckpt is not None and ckpt.is_file() else None
-        if resume_ckpt is not None:
-            load_weights(built[0], resume_ckpt, "resume")
-        else:
-            self.initialize(built[0], pending[0], run_dir)
-        return pending, built, resume_ckpt
+        if ckpt is not None and ckpt.is_file():
+            return pending, built, (ckpt, load_weights(built[0], ckpt, "resume"))
+        self.initialize(built[0], pending[0], run_dir)
+        return pending, built, None
 
     def train(self, prepared, run_dir: Path, summary: dict, start: float) -> int:
         cfg = self.cfg
@@ -192,25 +190,24 @@ class Runner:
         system = trainer = None
         for i, vs in enumerate(pending):
             if i == 0:
-                built, resume_ckpt = first, first_resume
+                built, resume = first, first_resume
             else:
-                built = self.build_system(vs, training=True)
-                resume_ckpt = None
+                built, resume = self.build_system(vs, training=True), None
                 self.initialize(built[0], vs, run_dir)
-            system, trainer, code = self.train_stage(vs, run_dir, summary, built, resume_ckpt)
+            system, trainer, code = self.train_stage(vs, run_dir, summary, built, resume)
             if code:
                 return self.stopped(run_dir, summary, start, "interrupted")
         return self.finish(system, run_dir, summary, start, tester=trainer)
 
-    def train_stage(self, vs: ValidatedStage, run_dir: Path, summary: dict, built, resume_ckpt: Path | None):
-        """Fit one stage (from `resume_ckpt` if given); returns (system, trainer, exit code or 0)."""
+    def train_stage(
+        self, vs: ValidatedStage, run_dir: Path, summary: dict, built, resume: tuple[Path, int] | None
+    ):
+        """Fit one stage (from resume = (checkpoint, its step) if given); returns (system, trainer, exit code or 0)."""
         cfg, stage = vs.cfg, vs.stage
         system, datamodule = built
         system.run_dir = run_dir
         ckpt_path = run_dir / stage.checkpoint
-        resume_step = (
-            int(read_checkpoint(resume_ckpt, "resume").get("global_step", 0)) if resume_ckpt else None
-        )
+        resume_ckpt, resume_step = resume if resume else (None, None)
         c = cfg.checkpoint
         periodic = PeriodicCheckpoint(ckpt_path, c.every_n_steps, c.every_minutes, c.keep_last)
         version = stage.name if self.multi_stage else ""
@@ -220,8 +217,8 @@ class Runner:
         train_start = time.perf_counter()
         trainer.fit(system, datamodule=datamodule, ckpt_path=str(resume_ckpt) if resume_ckpt else None)
         interrupted = self.interrupts.received is not None
-        if not interrupted or not any(getattr(c, "saved", False) for c in trainer.callbacks):
-            save_checkpoint_atomically(trainer, ckpt_path)  # (a signal after the last step saved nothing yet)
+        if not interrupted:  # (on a signal the InterruptCallback has saved)
+            save_checkpoint_atomically(trainer, ckpt_path)
         self.phase["step"] = trainer.global_step
         record = {
             "name": stage.name,
