@@ -60,12 +60,22 @@ class RenderOutput:
         )
 
     @staticmethod
-    def cat(outputs: list[RenderOutput]) -> RenderOutput:
-        """One batch of several (the views of an evaluation pass); extras are dropped."""
+    def cat(outputs: list[RenderOutput], extras: bool = False) -> RenderOutput:
+        """One batch of several (the views of an evaluation pass, the particles of a training step).
+
+        extras: also concatenate the extras every output has per render (batch-first, like "background" or
+        "orientation_loss"); others (per-primitive values such as Gaussians' means2d) are dropped."""
         normal = None if outputs[0].normal is None else torch.cat([o.normal for o in outputs])
+        joined = {}
+        if extras:
+            for key in outputs[0].extras:
+                shape = outputs[0].extras[key].shape[1:]
+                if all(key in o.extras and o.extras[key].shape == (o.batch_size, *shape) for o in outputs):
+                    joined[key] = torch.cat([o.extras[key] for o in outputs])
         return RenderOutput(
             rgb=torch.cat([o.rgb for o in outputs]),
             opacity=torch.cat([o.opacity for o in outputs]),
             depth=torch.cat([o.depth for o in outputs]),
             normal=normal,
+            extras=joined,
         )

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from distill.models import frozen_state_dict_keys
 from distill3d.errors import ConfigError, UserError
@@ -30,6 +32,8 @@ from systems.optim import build_lr_scheduler, build_optimizer
 from systems.rng import RngState
 
 log = logging.getLogger("distill3d")
+# Particles beyond the first are `extra_particles.<i>.`: configs name their parameters like the first's.
+EXTRA_PARTICLE = re.compile(r"^extra_particles\.\d+\.")
 # Parameter names as configs spell them: the renderer owns geometry/material/background, users name them bare.
 ALIASES = {
     "renderer.geometry.": "geometry.",
@@ -43,6 +47,7 @@ class NonFiniteAbort(UserError, RuntimeError):
 
 
 def config_name(name: str) -> str:
+    name = EXTRA_PARTICLE.sub("renderer.", name)
     for prefix, alias in ALIASES.items():
         if name.startswith(prefix):
             return alias + name[len(prefix) :]
@@ -50,8 +55,9 @@ def config_name(name: str) -> str:
 
 
 class BaseSystem(pl.LightningModule):
-    """renderer (holding geometry, material, background), guidance (None outside training), condition,
-    camera_sampler (training cameras as a function of the step), ground_truth (a Scene, for the oracles)."""
+    """renderer (holding geometry, material, background) — the first of `particles` when there are several
+    (the others are `extra_particles`) —, guidance (None outside training), condition, camera_sampler (training
+    cameras as a function of the step), ground_truths (the target's scenes, for the oracles)."""
 
     def __init__(
         self,
@@ -65,10 +71,12 @@ class BaseSystem(pl.LightningModule):
         super().__init__()
         self.cfg, self.run = cfg, run
         self.automatic_optimization = False
-        self.renderer = components.renderer
+        self.renderer = components.renderers[0]
+        self.extra_particles = nn.ModuleList(components.renderers[1:])
         self.guidance = components.guidance
         self.condition = components.condition
-        self.ground_truth = components.ground_truth
+        self.ground_truths = list(components.ground_truths)
+        self.ground_truth = self.ground_truths[0] if self.ground_truths else None
         self.loss_weights: LossWeights = components.losses
         self.camera_sampler = camera_sampler
         self.run_dir = run_dir
@@ -88,6 +96,11 @@ class BaseSystem(pl.LightningModule):
     @property
     def geometry(self):
         return self.renderer.geometry
+
+    @property
+    def particles(self) -> list[nn.Module]:
+        """Every particle's renderer (one unless system.num_particles > 1)."""
+        return [self.renderer, *self.extra_particles]
 
     # ---- checkpoints: frozen weights stay out -----------------------------------------------------------
     def state_dict(self, *args, **kwargs):
@@ -123,26 +136,65 @@ class BaseSystem(pl.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> None:
         self._rng.restore_pending()
         step = self.global_step
-        self.renderer.set_step(step)
+        for particle in self.particles:
+            particle.set_step(step)
         cameras = self.camera_sampler.sample(step).to(self.device)
-        render = self.renderer(cameras, shading=self.shading_mode(step))
-        losses = self.compute_losses(render, cameras, step)
+        chosen = self.particles_this_step()
+        renders = self.render_particles(chosen, cameras, self.shading_mode(step))
+        losses = self.compute_losses(renders, cameras, step)
         total = self.loss_weights.total(losses, step)
         if self.optimize(total, step):
-            self.after_optimizer_step(render, step)
+            for particle, render in zip(chosen, renders, strict=True):
+                self.after_optimizer_step(render, step, self.particle_index(particle))
         self.log_dict({f"train/loss_{k}": v.detach().float() for k, v in losses.items()})
         self.log("train/loss", total.detach().float(), prog_bar=True)
 
-    def compute_losses(self, render: RenderOutput, cameras: Cameras, step: int) -> dict[str, Tensor]:
-        """The guidance's losses and the renderer's active regularizers, unweighted, by name."""
-        out = self.guidance(render, cameras, self.condition, step)
+    def particles_this_step(self) -> list[nn.Module]:
+        """All particles, or a random subset of system.particles_per_step (the global RNG: resumed exactly)."""
+        particles, k = self.particles, self.cfg.particles_per_step
+        if k is None or k >= len(particles):
+            return particles
+        return [particles[i] for i in sorted(torch.randperm(len(particles))[:k].tolist())]
+
+    def render_particles(
+        self, particles: list[nn.Module], cameras: Cameras, shading: str
+    ) -> list[RenderOutput]:
+        """Each particle rendered at the same cameras from the same RNG state (the same random backgrounds and
+        sample jitter), so the particles differ only by their parameters."""
+        renders = []
+        for particle in particles[:-1]:
+            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+                renders.append(particle(cameras, shading=shading))
+        renders.append(particles[-1](cameras, shading=shading))
+        return renders
+
+    def compute_losses(
+        self, renders: RenderOutput | list[RenderOutput], cameras: Cameras, step: int
+    ) -> dict[str, Tensor]:
+        """The guidance's losses and the renderer's active regularizers, unweighted, by name.
+
+        Several particles: the guidance sees their renders as one particle-major batch (VSD's particle score
+        needs them together); its losses, means over that batch, are multiplied by the number of particles and
+        the regularizers summed over them, so each particle gets the gradient it would get alone."""
+        renders = [renders] if isinstance(renders, RenderOutput) else renders
+        k = len(renders)
+        render = renders[0] if k == 1 else RenderOutput.cat(renders, extras=True)
+        batch_cameras = cameras if k == 1 else Cameras.cat([cameras] * k)
+        out = self.guidance(render, batch_cameras, self.condition, step, num_particles=k)
         self.log("train/grad_norm", out.grad_norm.detach().float().mean(), prog_bar=True)
         self.log("train/t", out.t.float().mean())
-        active = self.loss_weights.active
-        return {**out.losses, **self.renderer.regularizers(render, active & set(self.renderer.loss_names))}
+        losses = {name: value * k for name, value in out.losses.items()} if k > 1 else dict(out.losses)
+        active = self.loss_weights.active & set(self.renderer.loss_names)
+        for one in renders:
+            for name, value in self.renderer.regularizers(one, active).items():
+                losses[name] = losses[name] + value if name in losses else value
+        return losses
 
-    def after_optimizer_step(self, render: RenderOutput, step: int) -> None:
-        """Hook for recipes that edit parameters after a step (Gaussian densification)."""
+    def particle_index(self, particle: nn.Module) -> int:
+        return next(i for i, p in enumerate(self.particles) if p is particle)
+
+    def after_optimizer_step(self, render: RenderOutput, step: int, particle: int = 0) -> None:
+        """Hook for recipes that edit parameters after a step (Gaussian densification), once per rendered particle."""
 
     def optimize(self, loss: Tensor, step: int) -> bool:
         """One manual optimizer step; a non-finite loss or gradient skips the step. Returns whether it stepped."""
@@ -211,21 +263,31 @@ class BaseSystem(pl.LightningModule):
     def eval_shading(self) -> str:
         return "albedo" if self.cfg.shading.mode == "albedo" else "lambertian"
 
-    def render_views(self, cameras: Cameras, shading: str | None = None) -> RenderOutput:
+    def render_views(
+        self, cameras: Cameras, shading: str | None = None, renderer: nn.Module | None = None
+    ) -> RenderOutput:
         return evaluation.render_views(
-            self.renderer, cameras, self.device, shading or self.eval_shading(), self.cfg.eval_chunk_views
+            renderer or self.renderer,
+            cameras,
+            self.device,
+            shading or self.eval_shading(),
+            self.cfg.eval_chunk_views,
         )
 
     def on_validation_epoch_start(self) -> None:
-        self._val_renders: list[RenderOutput] = []
+        self._val_renders: list[list[RenderOutput]] = [[] for _ in self.particles]
 
     def validation_step(self, batch: Cameras, batch_idx: int) -> None:
-        self._val_renders.append(self.render_views(batch))
+        for renders, particle in zip(self._val_renders, self.particles, strict=True):
+            renders.append(self.render_views(batch, renderer=particle))
 
     def on_validation_epoch_end(self) -> None:
-        if not self._val_renders or self.run_dir is None:
+        if not self._val_renders[0] or self.run_dir is None:
             return
-        grid = evaluation.validation_grid(RenderOutput.cat(self._val_renders))
+        # One grid per particle, side by side.
+        grid = np.concatenate(
+            [evaluation.validation_grid(RenderOutput.cat(renders)) for renders in self._val_renders], axis=1
+        )
         path = evaluation.write_validation(grid, self.run_dir, f"{self.file_prefix}it{self.global_step:06d}")
         self.artifacts.setdefault("validation", []).append(str(path))
         evaluation.log_image(self.loggers, "validation", grid, self.global_step)
@@ -234,7 +296,11 @@ class BaseSystem(pl.LightningModule):
         self._frames: list = []
 
     def test_step(self, batch: Cameras, batch_idx: int) -> None:
-        self._frames.extend(evaluation.turntable_frames(self.render_views(batch)))
+        per_particle = [
+            evaluation.turntable_frames(self.render_views(batch, renderer=particle))
+            for particle in self.particles
+        ]
+        self._frames.extend(np.concatenate(frames, axis=1) for frames in zip(*per_particle, strict=True))
 
     def on_test_epoch_end(self) -> None:
         if not self._frames or self.run_dir is None:
@@ -243,10 +309,14 @@ class BaseSystem(pl.LightningModule):
         self.artifacts["video"] = str(path)
         evaluation.log_video(self.loggers, "turntable", str(path))
 
-    def evaluate_against_scene(self, cameras: Cameras) -> dict[str, float]:
-        """PSNR against the ground truth on held-out views (empty when there is none)."""
-        if self.ground_truth is None:
+    def evaluate_against_scene(self, cameras: Cameras) -> dict[str, Any]:
+        """PSNR against the ground truth on held-out views (empty when there is none); with several particles
+        or a multi-mode target, each particle against its best-matching scene (metrics.particles)."""
+        if not self.ground_truths:
             return {}
-        return evaluation.evaluate_against_scene(
-            self.renderer, self.ground_truth, cameras, self.device, self.cfg.eval_chunk_views
-        )
+        chunk = self.cfg.eval_chunk_views
+        if len(self.particles) == 1 and len(self.ground_truths) == 1:
+            return evaluation.evaluate_against_scene(
+                self.renderer, self.ground_truth, cameras, self.device, chunk
+            )
+        return evaluation.evaluate_particles(self.particles, self.ground_truths, cameras, self.device, chunk)

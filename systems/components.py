@@ -18,11 +18,18 @@ from systems.typed_config import check_section, instantiate, target_class
 
 @dataclass
 class Components:
-    renderer: Any
+    """renderers: one per particle (system.num_particles), each with its own geometry/material/background.
+    ground_truths: the modes of the run's target (the oracles), [] when unknown."""
+
+    renderers: list[Any]
     guidance: Any | None
     condition: Any | None
-    ground_truth: Any | None
+    ground_truths: list[Any]
     losses: LossWeights
+
+    @property
+    def renderer(self) -> Any:
+        return self.renderers[0]
 
 
 def _section(cfg: SystemConfig, name: str) -> dict:
@@ -50,15 +57,22 @@ def check_components(cfg: SystemConfig) -> dict[str, Any]:
     checked["guidance"] = (guidance_cls, guidance_cfg)
     checked["denoiser"] = check_section(guidance_cfg.denoiser_section(), "system.guidance.denoiser")
     checked["prompt_processor"] = check_section(_section(cfg, "prompt_processor"), "system.prompt_processor")
-    LossWeights(cfg.loss, declared_losses(checked["renderer"][0], guidance_cls))
+    loss_weights(cfg, checked["renderer"][0], guidance_cls)
     return checked
 
 
-def ground_truth(cfg: SystemConfig, run: RunInfo) -> Any | None:
-    """The scene the run should reach, if the denoiser knows one (the oracles), without loading anything."""
+def ground_truths(cfg: SystemConfig, run: RunInfo) -> list[Any]:
+    """The scene(s) the run should reach, if the denoiser knows them (the oracles), without loading anything."""
     guidance_cls, guidance_cfg = check_section(cfg.guidance, "system.guidance")
     denoiser_cls, denoiser_cfg = check_section(guidance_cfg.denoiser_section(), "system.guidance.denoiser")
-    return denoiser_cls.ground_truth(denoiser_cfg, run)
+    return denoiser_cls.ground_truths(denoiser_cfg, run)
+
+
+def loss_weights(cfg: SystemConfig, renderer_cls: type, guidance_cls: type | None) -> LossWeights:
+    """system.loss over the guidance's defaults (VSD's particle loss is on unless turned off)."""
+    defaults = getattr(guidance_cls, "default_loss_weights", {}) if guidance_cls is not None else {}
+    spec = {**{f"lambda_{k}": v for k, v in defaults.items()}, **cfg.loss}
+    return LossWeights(spec, declared_losses(renderer_cls, guidance_cls))
 
 
 def build_renderer(cfg: SystemConfig) -> Any:
@@ -73,16 +87,18 @@ def build_components(cfg: SystemConfig, run: RunInfo, with_guidance: bool = True
     and the condition (text encoding or cache)."""
     guidance_cls, _ = target_class(cfg.guidance, "system.guidance")
     renderer = build_renderer(cfg)
-    losses = LossWeights(cfg.loss, declared_losses(type(renderer), guidance_cls))
+    losses = loss_weights(cfg, type(renderer), guidance_cls)
     try:
         renderer.check_losses(losses.active & set(renderer.loss_names))
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    truth = ground_truth(cfg, run)
+    # Particles are built one after another from the seeded global RNG: different initial weights each.
+    renderers = [renderer] + [build_renderer(cfg) for _ in range(cfg.num_particles - 1)]
+    truths = ground_truths(cfg, run)
     if not with_guidance:
-        return Components(renderer, None, None, truth, losses)
+        return Components(renderers, None, None, truths, losses)
     _, guidance_cfg = check_section(cfg.guidance, "system.guidance")
     denoiser = instantiate(guidance_cfg.denoiser_section(), "system.guidance.denoiser", run)
     guidance = instantiate(cfg.guidance, "system.guidance", denoiser, run.max_steps)
     condition = instantiate(cfg.prompt_processor, "system.prompt_processor", run, denoiser)
-    return Components(renderer, guidance, condition, truth, losses)
+    return Components(renderers, guidance, condition, truths, losses)

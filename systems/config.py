@@ -37,6 +37,9 @@ class SystemConfig:
     geometry / material / background / renderer / guidance / prompt_processor: component sections (a `_target_`
     plus its typed config); guidance holds its denoiser section. loss: {lambda_<name>: weight or ramp} for the
     loss names the guidance and renderer declare. eval_chunk_views: views rendered at once in evaluation.
+    num_particles: independent 3D models optimized together (VSD's particles); each is rendered at the same
+        cameras every step, evaluated, shown side by side and exported (export/particle_<i>/).
+    particles_per_step: how many of them (a random subset) are rendered each step; None = all.
     """
 
     geometry: dict = field(default_factory=dict)
@@ -50,10 +53,19 @@ class SystemConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     max_nonfinite_in_a_row: int = 20
     eval_chunk_views: int = 4
+    num_particles: int = 1
+    particles_per_step: int | None = None
 
     def validate(self) -> None:
         if self.max_nonfinite_in_a_row < 1:
             raise ValueError("system.max_nonfinite_in_a_row must be >= 1")
+        if self.num_particles < 1:
+            raise ValueError(f"system.num_particles={self.num_particles} must be >= 1")
+        if self.particles_per_step is not None and not 1 <= self.particles_per_step <= self.num_particles:
+            raise ValueError(
+                f"system.particles_per_step={self.particles_per_step} must be in [1, num_particles="
+                f"{self.num_particles}] (or null for all)"
+            )
 
 
 @dataclass

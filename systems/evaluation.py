@@ -63,6 +63,47 @@ def evaluate_against_scene(
 ) -> dict[str, float]:
     """PSNR of the renderer's unlit views over white vs the scene's exact renders, on held-out cameras."""
     start = time.perf_counter()
+    render = unlit_views(renderer, cameras, device, chunk)
+    truth = scene.render(cameras, background=torch.ones(len(cameras), 3))
+    return scene_metrics(render, truth, time.perf_counter() - start)
+
+
+def evaluate_particles(
+    renderers: list[nn.Module], scenes: list[Any], cameras: Cameras, device: torch.device, chunk: int
+) -> dict[str, Any]:
+    """Each particle against its best-matching scene (highest mean PSNR on the held-out views).
+
+    Returns psnr / psnr_min over the particles' best matches, `particles`: [{"index", "scene", "psnr",
+    "psnr_min"}], and `modes_covered`: how many distinct scenes the particles matched (of `modes`)."""
+    start = time.perf_counter()
+    white = torch.ones(len(cameras), 3)
+    truths = [scene.render(cameras, background=white).rgb.cpu() for scene in scenes]
+    rows = []
+    for index, renderer in enumerate(renderers):
+        rgb = unlit_views(renderer, cameras, device, chunk).rgb.cpu()
+        values = [psnr(rgb, truth) for truth in truths]
+        best = max(range(len(scenes)), key=lambda k: float(values[k].mean()))
+        rows.append(
+            {
+                "index": index,
+                "scene": scenes[best].name,
+                "psnr": float(values[best].mean()),
+                "psnr_min": float(values[best].min()),
+            }
+        )
+    return {
+        "psnr": float(np.mean([r["psnr"] for r in rows])),
+        "psnr_min": min(r["psnr_min"] for r in rows),
+        "psnr_views": len(cameras),
+        "eval_seconds": time.perf_counter() - start,
+        "particles": rows,
+        "modes": len(scenes),
+        "modes_covered": len({r["scene"] for r in rows}),
+    }
+
+
+def unlit_views(renderer: nn.Module, cameras: Cameras, device: torch.device, chunk: int) -> RenderOutput:
+    """The renderer's unlit (albedo) views over white, in eval mode, outside the training RNG stream."""
     white = torch.ones(len(cameras), 3)
     was_training = renderer.training
     with torch.random.fork_rng(devices=[]), torch.enable_grad():
@@ -76,13 +117,7 @@ def evaluate_against_scene(
             for i in range(0, len(cameras), chunk)
         ]
         renderer.train(was_training)
-    render = RenderOutput(
-        rgb=torch.cat([o.rgb for o in outs]),
-        opacity=torch.cat([o.opacity for o in outs]),
-        depth=torch.cat([o.depth for o in outs]),
-    )
-    truth = scene.render(cameras, background=white)
-    return scene_metrics(render, truth, time.perf_counter() - start)
+    return RenderOutput.cat(outs)
 
 
 def write_validation(grid: np.ndarray, run_dir: Path, name: str) -> Path:
@@ -112,6 +147,7 @@ def log_video(loggers: list, key: str, path: str) -> None:
 __all__ = [
     "Tensor",
     "evaluate_against_scene",
+    "evaluate_particles",
     "log_image",
     "log_video",
     "render_views",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 
 from geometry.gaussians.densify import DensifyConfig, DensifyStrategy
 from geometry.render_output import RenderOutput
@@ -57,6 +58,10 @@ class GaussianSplatting(BaseSystem):
     def __init__(self, cfg: GaussianSystemConfig, *args, **kwargs) -> None:
         super().__init__(cfg, *args, **kwargs)
         self.densifier = DensifyStrategy(cfg.densify, self.geometry)
+        # One densifier per particle (each tracks its own Gaussians' statistics); the first keeps the old key.
+        self.extra_densifiers = nn.ModuleList(
+            DensifyStrategy(cfg.densify, p.geometry) for p in self.extra_particles
+        )
         self.densify_stats: dict[str, int] = {}
 
     def configure_optimizers(self):
@@ -75,11 +80,12 @@ class GaussianSplatting(BaseSystem):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
-    def after_optimizer_step(self, render: RenderOutput, step: int) -> None:
-        self.densifier.accumulate(
-            render.extras["means2d"], render.extras["radii"], render.width, render.height
-        )
-        stats = self.densifier.step(step, self.geometry, self.optimizers().optimizer)
+    def after_optimizer_step(self, render: RenderOutput, step: int, particle: int = 0) -> None:
+        densifier = self.densifier if particle == 0 else self.extra_densifiers[particle - 1]
+        densifier.accumulate(render.extras["means2d"], render.extras["radii"], render.width, render.height)
+        # Densification finds each tensor in the optimizer by identity, so particles sharing group names is fine.
+        stats = densifier.step(step, self.particles[particle].geometry, self.optimizers().optimizer)
         if stats:
             self.densify_stats = stats
-            self.log("train/num_gaussians", float(stats["num_gaussians"]))
+            name = "train/num_gaussians" if particle == 0 else f"train/num_gaussians_{particle}"
+            self.log(name, float(stats["num_gaussians"]))

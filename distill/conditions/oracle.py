@@ -1,12 +1,14 @@
 """The analytic oracle's "prompt": mixture weights over its scene library (distill/denoisers/oracle.py).
 
 The conditional embedding is one-hot on the run's scene (named by `scene=` or the prompt); the unconditional
-one is uniform over the library, or one-hot on the scene a negative prompt names. Shaped (1, 1, K) like text
+one is uniform over the library, or one-hot on the scene a negative prompt names. A multi-mode prompt
+("a snowman|a donut") puts equal weight on each of its scenes: a prior with two modes. Shaped (1, 1, K) like text
 tokens, so classifier-free guidance and Perp-Neg mean what they mean for real models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +26,13 @@ class OraclePromptConfig:
 
 
 def mixture_weights(
-    num_scenes: int, scene_index: int, negative_index: int | None = None
+    num_scenes: int, scene_index: int | Sequence[int], negative_index: int | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cond (1, 1, K) one-hot, uncond (1, 1, K) uniform or one-hot on the negative prompt's scene)."""
+    """(cond (1, 1, K): one-hot, or uniform over the modes of a multi-mode prompt; uncond (1, 1, K): uniform,
+    or one-hot on the negative prompt's scene)."""
+    modes = [scene_index] if isinstance(scene_index, int) else list(scene_index)
     cond = torch.zeros(1, 1, num_scenes)
-    cond[..., scene_index] = 1.0
+    cond[..., modes] = 1.0 / len(modes)
     if negative_index is None:
         uncond = torch.full((1, 1, num_scenes), 1.0 / num_scenes)
     else:
@@ -48,10 +52,11 @@ class OraclePrompt(PromptEmbeddings):
             raise ValueError(
                 "system.prompt_processor OraclePrompt needs the OracleDenoiser as system.guidance.denoiser"
             )
-        target = denoiser.ground_truth(None, run)
+        targets = denoiser.ground_truths(None, run)
         negative = None
         if run.negative_prompt:
             negative = denoiser.scene_index(resolve_scene(run.negative_prompt))
-        cond, uncond = mixture_weights(denoiser.num_scenes, denoiser.scene_index(target), negative)
+        modes = [denoiser.scene_index(t) for t in targets]
+        cond, uncond = mixture_weights(denoiser.num_scenes, modes, negative)
         emb = cls.from_tensors(cond, uncond, view_dependent_prompting=cfg.view_dependent_prompting)
-        return cls(emb.prompt, emb.uncond, emb.views, emb.options, (target.name,))
+        return cls(emb.prompt, emb.uncond, emb.views, emb.options, ("|".join(t.name for t in targets),))

@@ -51,6 +51,12 @@ class Denoiser(nn.Module, ABC):
         A classmethod so that evaluation in test/export mode needs no weights."""
         return None
 
+    @classmethod
+    def ground_truths(cls, cfg: Any, run: Any) -> list[Any]:
+        """Every mode of the run's target distribution (a two-mode oracle prompt has two); [] when unknown."""
+        truth = cls.ground_truth(cfg, run)
+        return [] if truth is None else [truth]
+
     @abstractmethod
     def encode(self, images: Float[Tensor, "B 3 H W"]) -> Float[Tensor, "B C h w"]:
         """Images in [0, 1] (already resized to image_size) → the model's x0 space."""

@@ -25,7 +25,7 @@ from torch import Tensor
 from distill.conditions.base import Conditioning
 from distill.denoisers.base import Denoiser
 from distill.schedule import NoiseSchedule
-from geometry.analytic import BUILTIN_SCENES, Scene, builtin_scene, resolve_scene
+from geometry.analytic import BUILTIN_SCENES, Scene, builtin_scene, resolve_scene, resolve_scenes
 from geometry.cameras import Cameras
 from geometry.functional.compositing import over_background
 
@@ -78,15 +78,20 @@ class OracleDenoiser(Denoiser):
             if cfg.library
             else [builtin_scene(n) for n in BUILTIN_SCENES]
         )
-        target = cls.ground_truth(cfg, run) if run is not None else None
-        if target is not None and target.name not in [s.name for s in library]:
-            library.append(target)
+        for target in cls.ground_truths(cfg, run) if run is not None else []:
+            if target.name not in [s.name for s in library]:
+                library.append(target)
         return cls(library)
 
     @classmethod
     def ground_truth(cls, cfg: OracleConfig | None, run) -> Scene:
-        """The scene named by the run's `scene=` (a name or YAML file), else by its prompt."""
-        return resolve_scene(run.scene if run.scene else run.prompt)
+        """The scene named by the run's `scene=` (a name or YAML file), else by its prompt (its first mode)."""
+        return cls.ground_truths(cfg, run)[0]
+
+    @classmethod
+    def ground_truths(cls, cfg: OracleConfig | None, run) -> list[Scene]:
+        """The modes of the run's prompt: "a snowman|a donut" is a mixture of two scenes of equal weight."""
+        return resolve_scenes(run.scene if run.scene else run.prompt)
 
     @property
     def num_scenes(self) -> int:

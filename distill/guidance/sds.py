@@ -101,6 +101,26 @@ class SDSGuidance(Guidance):
         eps = self.predict_passes(x_t, t, batch)
         return classifier_free_guidance(eps[0], eps[1], self.cfg.guidance_scale)
 
+    @torch.no_grad()
+    def preview(self, x_t: Tensor, eps_hat: Tensor, t: Tensor, dtype) -> dict[str, Tensor]:
+        """{"x0": the one-step prediction from eps_hat as (B, H, W, 3) images in [0, 1]}, for logging."""
+        x0_pred = self.denoiser.schedule.eps_to_x0(x_t, eps_hat, t)
+        return {"x0": self.denoiser.decode(x0_pred.to(dtype)).clamp(0.0, 1.0).permute(0, 2, 3, 1)}
+
+    def noised(self, render: RenderOutput, cameras: Cameras, condition: Condition, step: int):
+        """(x0 = model_input(render), t, noise, x_t (detached), the ConditionBatch) for one step."""
+        if len(cameras) != render.batch_size:
+            raise ValueError(
+                f"{len(cameras)} cameras for {render.batch_size} renders; pass one camera per render"
+            )
+        x0 = self.model_input(render)
+        t, noise = self.sample_t_and_noise(x0, step)
+        x_t = self.denoiser.schedule.add_noise(x0.detach().float(), noise, t)
+        batch = condition(cameras, negatives=self.cfg.use_perp_neg).with_background(
+            self.background_for(render, x0)
+        )
+        return x0, t, noise, x_t, batch
+
     def forward(
         self,
         render: RenderOutput,
@@ -108,27 +128,19 @@ class SDSGuidance(Guidance):
         condition: Condition,
         step: int,
         return_images: bool = False,
+        num_particles: int = 1,
     ) -> GuidanceOutput:
-        """One SDS step on a batch of B renders; loss.backward() puts grad / B on x0 = model_input(render)."""
-        if len(cameras) != render.batch_size:
-            raise ValueError(
-                f"{len(cameras)} cameras for {render.batch_size} renders; pass one camera per render"
-            )
-        x0 = self.model_input(render)
-        t, noise = self.sample_t_and_noise(x0, step)
+        """One SDS step on a batch of B renders; loss.backward() puts grad / B on x0 = model_input(render).
+
+        num_particles: how many 3D models the renders come from; SDS treats every render on its own."""
+        x0, t, noise, x_t, batch = self.noised(render, cameras, condition, step)
         schedule = self.denoiser.schedule
-        x_t = schedule.add_noise(x0.detach().float(), noise, t)
-        batch = condition(cameras, negatives=self.cfg.use_perp_neg).with_background(
-            self.background_for(render, x0)
-        )
         eps_hat = self.guided_eps(x_t, t, batch)
         weight = sds_weight(self.cfg.weighting, schedule.alpha_bar(t, x_t))
         grad = sds_gradient(eps_hat, noise, weight, self.cfg.grad_clip)
         loss = injected_loss(x0, grad.to(x0.dtype))
         images = {}
         if return_images or self.cfg.return_images:
-            with torch.no_grad():
-                x0_pred = schedule.eps_to_x0(x_t, eps_hat, t)
-                images["x0"] = self.denoiser.decode(x0_pred.to(x0.dtype)).clamp(0.0, 1.0).permute(0, 2, 3, 1)
+            images = self.preview(x_t, eps_hat, t, x0.dtype)
         grad_norm = grad.detach().flatten(1).norm(dim=-1).mean()
         return GuidanceOutput(losses={"guidance": loss}, grad_norm=grad_norm, t=t, images=images)

@@ -7,6 +7,7 @@ from geometry.analytic.scene_io import (
     builtin_scene,
     load_scene,
     resolve_scene,
+    resolve_scenes,
     scene_from_dict,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "builtin_scene",
     "load_scene",
     "resolve_scene",
+    "resolve_scenes",
     "scene_from_dict",
 ]

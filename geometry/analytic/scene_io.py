@@ -162,6 +162,26 @@ def builtin_scene(name: str) -> Scene:
     )
 
 
+MODE_SEPARATOR = "|"
+
+
+def resolve_scenes(text: str | Path) -> list[Scene]:
+    """The scenes of a multi-mode prompt: "a snowman|a donut" names two modes of equal prior weight (each part
+    a built-in name or a YAML path); a prompt without '|' is one scene. Repeated scenes are refused."""
+    if isinstance(text, Path) or MODE_SEPARATOR not in str(text):
+        return [resolve_scene(text)]
+    parts = [p.strip() for p in str(text).split(MODE_SEPARATOR)]
+    if any(not p for p in parts):
+        raise SceneError(f"{str(text)!r}: an empty mode between '|'; write e.g. 'a snowman|a donut'")
+    scenes = [resolve_scene(p) for p in parts]
+    names = [s.name for s in scenes]
+    if len(set(names)) != len(names):
+        raise SceneError(
+            f"{str(text)!r} names the same scene twice ({', '.join(names)}); name distinct scenes"
+        )
+    return scenes
+
+
 def resolve_scene(name_or_path: str | Path) -> Scene:
     """A built-in scene name, or a path to a scene YAML file."""
     text = str(name_or_path)

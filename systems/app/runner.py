@@ -247,7 +247,10 @@ class Runner:
             source_vs = next(s for s in self.validated.stages if s.stage.name == stage.init_from)
             source, _ = self.build_system(source_vs, training=False)
             load_weights(source, run_dir / source_vs.stage.checkpoint, f"stage {stage.init_from}")
-            system.geometry.init_from(source.geometry)
+            for index, particle in enumerate(
+                system.particles
+            ):  # particle i from the source's i (or its last)
+                particle.geometry.init_from(source.particles[min(index, len(source.particles) - 1)].geometry)
             log.info("stage %s initialized from stage %s", stage.name, stage.init_from)
         elif self.cfg.weights and stage.index == 0:
             load_weights(system, resolve_checkpoint(self.cfg.weights, "weights")[1], "weights")
@@ -283,6 +286,11 @@ class Runner:
             tester.test(system, datamodule=RandomCameraDataModule(vs.cfg.data), verbose=False)
             if "video" in system.artifacts:
                 artifacts["video"] = system.artifacts["video"]
+        save_particle_model = getattr(system.guidance, "save_particle_model", None)
+        if training and save_particle_model is not None:  # VSD's LoRA, in peft's format
+            saved = save_particle_model(run_dir / "export" / "particle_model")
+            if saved is not None:
+                artifacts["particle_model"] = str(saved)
         self.phase = {"phase": "metrics"}
         metrics = self.evaluate(system)
         if metrics:
@@ -312,20 +320,38 @@ class Runner:
         data = self.validated.final.cfg.data
         distance, fovy = eval_distance_fovy(data)
         system.eval()
-        views = ExportViews(system.renderer, distance, fovy, data.eval_elevation)
-        try:
-            result = export_geometry(system.geometry, self.cfg.export, run_dir / "export", views)
-        except ExportError as e:
-            if required:
-                raise
-            log.warning("export skipped: %s", e)
-            summary["export"] = {"status": "skipped", "reason": str(e)}
-            summary["artifacts"].pop("export", None)
+        particles = system.particles
+        records, files = [], {}
+        for index, particle in enumerate(particles):
+            # One particle exports to export/; several to export/particle_<i>/ each.
+            folder = run_dir / "export" if len(particles) == 1 else run_dir / "export" / f"particle_{index}"
+            views = ExportViews(particle, distance, fovy, data.eval_elevation)
+            try:
+                result = export_geometry(particle.geometry, self.cfg.export, folder, views)
+            except ExportError as e:
+                if required:
+                    raise
+                log.warning("export%s skipped: %s", f" of particle {index}" if len(particles) > 1 else "", e)
+                records.append({"status": "skipped", "reason": str(e)})
+                continue
+            log.info("exported %s", ", ".join(result.files.values()))
+            records.append({"status": "completed", **result.info, "seconds": result.timings})
+            files[f"particle_{index}"] = result.files
+        if len(particles) == 1:
+            record = records[0]
+            summary["export"] = {k: v for k, v in record.items() if k != "seconds"}
+            if record["status"] == "completed":
+                summary["artifacts"]["export"] = files["particle_0"]
+                summary["export_seconds"] = record["seconds"]
+            else:
+                summary["artifacts"].pop("export", None)
             return
-        log.info("exported %s", ", ".join(result.files.values()))
-        summary["artifacts"]["export"] = result.files
-        summary["export"] = {"status": "completed", **result.info}
-        summary["export_seconds"] = result.timings
+        done = any(r["status"] == "completed" for r in records)
+        summary["export"] = {"status": "completed" if done else "skipped", "particles": records}
+        if files:
+            summary["artifacts"]["export"] = files
+        else:
+            summary["artifacts"].pop("export", None)
 
     @staticmethod
     def report(run_dir: Path, summary: dict[str, Any]) -> None:
@@ -335,6 +361,12 @@ class Runner:
                 f"PSNR vs analytic ground truth: {metrics['psnr']:.2f} dB (min {metrics['psnr_min']:.2f} dB) over"
                 f" {metrics['psnr_views']} held-out views"
             )
+        for row in metrics.get("particles", []):
+            print(
+                f"  particle {row['index']}: {row['scene']}, {row['psnr']:.2f} dB (min {row['psnr_min']:.2f} dB)"
+            )
+        if "modes_covered" in metrics:
+            print(f"modes covered: {metrics['modes_covered']} of {metrics['modes']}")
         print(
             f"wall time: {summary['wall_seconds']:.1f} s, steps: {summary.get('steps', 0)},"
             f" skipped steps: {summary.get('skipped_steps', 0)}"

@@ -67,7 +67,7 @@ def validate_system(section: dict[str, Any], where: str = "system") -> tuple[typ
 
 def validate_run(raw: dict[str, Any]) -> ValidatedRun:
     """Typed RunConfig, every stage's system and components, the ground-truth scene, resume/weights paths."""
-    from systems.components import ground_truth
+    from systems.components import ground_truths
 
     build_config(RunConfig, raw, "")  # the run-level keys, before any stage logic
     stages = []
@@ -76,7 +76,7 @@ def validate_run(raw: dict[str, Any]) -> ValidatedRun:
         cfg = build_config(RunConfig, stage.raw, "")
         system_cls, system_cfg = validate_system(cfg.system, where)
         validated = ValidatedStage(stage, cfg, system_cls, system_cfg)
-        ground_truth(system_cfg, validated.run_info())  # a missing or malformed scene file fails here
+        ground_truths(system_cfg, validated.run_info())  # a missing or malformed scene file fails here
         stages.append(validated)
     cfg = stages[-1].cfg
     if cfg.resume:

@@ -20,6 +20,10 @@ def _checkpoint_keys(path: Path) -> list[str]:
     return list(torch.load(path, map_location="cpu", weights_only=False)["state_dict"])
 
 
+def config_particles(run_dir: Path) -> int:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())["system"].get("num_particles", 1)
+
+
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_every_experiment_runs_through_the_command(tmp_path, request, experiment):
     def tiny_model(model_id: str) -> str:
@@ -41,12 +45,17 @@ def test_every_experiment_runs_through_the_command(tmp_path, request, experiment
     assert (run_dir / "video" / "test.mp4").stat().st_size > 0
     assert list((run_dir / "save").glob("*it*-val.png"))
     assert s["export"]["status"] == "completed", s["export"]
-    assert {"glb", "obj"} <= set(art["export"]) and (run_dir / "export" / "model.glb").stat().st_size > 0
+    # One particle exports to export/, several to export/particle_<i>/ each.
+    exports = art["export"] if "particle_0" in art["export"] else {"": art["export"]}
+    assert len(exports) == config_particles(run_dir)
+    for folder, files in exports.items():
+        assert {"glb", "obj"} <= set(files) and (run_dir / "export" / folder / "model.glb").stat().st_size > 0
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["experiment_name"] == experiment
     for ckpt in (run_dir / "ckpts").glob("*.ckpt"):
         keys = _checkpoint_keys(ckpt)
-        frozen = [k for k in keys if any(part in k for part in FROZEN_PARTS)]
+        # LoRA adapters live inside the frozen UNet but are trained: they must be there, the base weights not.
+        frozen = [k for k in keys if any(part in k for part in FROZEN_PARTS) and ".lora_" not in k]
         assert keys and not frozen, (ckpt.name, frozen[:5])
     assert ("psnr" in s.get("metrics", {})) == ("oracle" in str(config["system"]["guidance"]["denoiser"]))
 

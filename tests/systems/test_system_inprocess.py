@@ -42,7 +42,7 @@ def build_system(steps: int = 3) -> tuple[DreamFusion, RandomCameraDataModule]:
     )
     cfg = SystemConfig(shading=ShadingConfig(mode="albedo"))
     data = RandomCameraDataModule(RandomCameraConfig(height=[16], n_val_views=1, n_test_views=1))
-    system = DreamFusion(cfg, run, Components(renderer, guidance, condition, None, losses), data.sampler)
+    system = DreamFusion(cfg, run, Components([renderer], guidance, condition, [], losses), data.sampler)
     return system, data
 
 

@@ -52,3 +52,14 @@ def test_oracle_prompt_needs_the_oracle_denoiser():
         OraclePrompt.from_config(
             OraclePromptConfig(), RunInfo(prompt="a donut"), SimpleNamespace(load_config=None)
         )
+
+
+def test_a_two_mode_prompt_puts_equal_weight_on_both_scenes():
+    run = RunInfo(prompt="a snowman|a donut")
+    denoiser = OracleDenoiser.from_config(OracleConfig(library=["a table"]), run)
+    assert [s.name for s in denoiser.scenes] == ["a table", "a snowman", "a donut"]
+    assert [s.name for s in OracleDenoiser.ground_truths(None, run)] == ["a snowman", "a donut"]
+    prompt = OraclePrompt.from_config(OraclePromptConfig(), run, denoiser)
+    batch = prompt(make_cameras(0.0, [0.0], 2.0, 45.0, 8))
+    torch.testing.assert_close(batch.cond.embeddings.flatten(), torch.tensor([0.0, 0.5, 0.5]))
+    torch.testing.assert_close(batch.uncond.embeddings.flatten(), torch.full((3,), 1 / 3))

@@ -97,3 +97,16 @@ def test_load_roundtrip_and_resolve(tmp_path):
     )
     for alias in ("A Snowman", "snowman", "  a   snowman "):
         assert resolve_scene(alias) == builtin_scene("a snowman")
+
+
+def test_a_multi_mode_prompt_names_several_scenes():
+    from geometry.analytic import resolve_scenes
+
+    assert [s.name for s in resolve_scenes("a snowman | a donut")] == ["a snowman", "a donut"]
+    assert [s.name for s in resolve_scenes("a snowman")] == ["a snowman"]
+    with pytest.raises(SceneError, match="empty mode"):
+        resolve_scenes("a snowman|")
+    with pytest.raises(SceneError, match="same scene twice"):
+        resolve_scenes("a donut|donut")
+    with pytest.raises(SceneError, match="unknown built-in scene 'a teapot'"):
+        resolve_scenes("a snowman|a teapot")
