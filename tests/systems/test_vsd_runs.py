@@ -67,6 +67,8 @@ def test_two_particles_on_a_two_mode_prompt_are_evaluated_exported_and_shown_sid
     args = [
         "experiment=demo-vsd",
         *[a for a in FAST if a != "export.enabled=false"],
+        "data.resolution_milestones=[]",
+        "data.batch_size=[1]",
         "trainer.max_steps=3",
         "trainer.val_check_interval=3",
         "system.geometry.density_bias=blob_magic3d",  # a surface to export after 3 steps
