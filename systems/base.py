@@ -42,6 +42,19 @@ ALIASES = {
 }
 
 
+def normal_as_image(render: RenderOutput) -> RenderOutput:
+    """The render with rgb replaced by its world normals mapped to [0, 1] over the render's background, so the
+    guidance scores the shape alone (ProlificDreamer's geometry stage)."""
+    if render.normal is None:
+        raise ConfigError(
+            "system.guidance_input=normal needs a renderer that returns normals: set system.renderer.return_normal=true"
+        )
+    background = render.extras.get("background", torch.ones_like(render.rgb))
+    # Normals are composited (premultiplied: Σ w·n), so Σ w·(n + 1)/2 = (Σ w·n + α)/2.
+    shaded = (render.normal + render.opacity) * 0.5 + background * (1.0 - render.opacity)
+    return RenderOutput(shaded, render.opacity, render.depth, render.normal, dict(render.extras))
+
+
 class NonFiniteAbort(UserError, RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient."""
 
@@ -179,6 +192,8 @@ class BaseSystem(pl.LightningModule):
         renders = [renders] if isinstance(renders, RenderOutput) else renders
         k = len(renders)
         render = renders[0] if k == 1 else RenderOutput.cat(renders, extras=True)
+        if self.cfg.guidance_input == "normal":
+            render = normal_as_image(render)
         batch_cameras = cameras if k == 1 else Cameras.cat([cameras] * k)
         out = self.guidance(render, batch_cameras, self.condition, step, num_particles=k)
         self.log("train/grad_norm", out.grad_norm.detach().float().mean(), prog_bar=True)

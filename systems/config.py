@@ -40,6 +40,9 @@ class SystemConfig:
     num_particles: independent 3D models optimized together (VSD's particles); each is rendered at the same
         cameras every step, evaluated, shown side by side and exported (export/particle_<i>/).
     particles_per_step: how many of them (a random subset) are rendered each step; None = all.
+    guidance_input: what the guidance scores: "rgb" (the render), or "normal" — the world-normal image mapped to
+        [0, 1] over the same background, as ProlificDreamer's geometry stage does (SDS on normals, CFG 100),
+        so only the shape trains.
     """
 
     geometry: dict = field(default_factory=dict)
@@ -55,8 +58,11 @@ class SystemConfig:
     eval_chunk_views: int = 4
     num_particles: int = 1
     particles_per_step: int | None = None
+    guidance_input: str = "rgb"
 
     def validate(self) -> None:
+        if self.guidance_input not in ("rgb", "normal"):
+            raise ValueError(f"system.guidance_input must be 'rgb' or 'normal', got '{self.guidance_input}'")
         if self.max_nonfinite_in_a_row < 1:
             raise ValueError("system.max_nonfinite_in_a_row must be >= 1")
         if self.num_particles < 1:

@@ -1,4 +1,4 @@
-"""Mesh writers: GLB (glTF 2.0 binary), OBJ + MTL + PNG, PLY with vertex colours; every file written atomically.
+"""Mesh writers (and a GLB reader for measuring exports): GLB (glTF 2.0 binary), OBJ + MTL + PNG, PLY with vertex colours; every file written atomically.
 
 The GLB and OBJ writers are hand-written with struct/numpy (a few dozen lines each) rather than trimesh's
 exporters, to control exactly what the Khronos glTF-Validator sees (accessor bounds, alignment, buffer-view
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from distill3d.files import write_atomic
-from geometry.functional.frames import to_y_up
+from geometry.functional.frames import from_y_up, to_y_up
 from geometry.mesh.mesh import Mesh
 
 # glTF 2.0 enums (spec §5).
@@ -179,3 +179,14 @@ def write_ply(path: Path, mesh: Mesh, vertex_colors: np.ndarray) -> Path:
     tm = trimesh.Trimesh(to_y_up(mesh.vertices), mesh.faces, vertex_colors=colors, process=False)
     write_atomic(Path(path), tm.export(file_type="ply"))
     return Path(path)
+
+
+def read_glb(path: str | Path) -> tuple[Mesh, np.ndarray]:
+    """A textured GLB (ours or any single-mesh one) read back into the world frame (z-up) through trimesh, with
+    its base-colour texture (H, W, 3) float32 in [0, 1] — what the accuracy figures of an export are measured on."""
+    import trimesh
+
+    loaded = trimesh.load(path, force="mesh", process=False)
+    mesh = Mesh(from_y_up(loaded.vertices), loaded.faces, uv=loaded.visual.uv.astype(np.float32))
+    rgb = loaded.visual.material.to_simple().image.convert("RGB")
+    return mesh, np.asarray(rgb, dtype=np.float32) / 255.0

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from geometry.mesh.distance import point_mesh_distance, true_surface_samples
 from geometry.mesh.mesh import Mesh
 from geometry.mesh.texture import sample_texture
 
@@ -61,3 +62,28 @@ def surface_accuracy(
     sample_sdf = float(sdf_fn(p).abs().mean())
     err = (sample_texture(base_color.cpu(), torch.from_numpy(uv)) - albedo_fn(p).float()).abs().amax(-1)
     return SurfaceAccuracy(vertex_sdf, sample_sdf, float(err.mean()), float(err.median()))
+
+
+@dataclass
+class SurfaceDistances:
+    """accuracy: mean distance (world units) from the mesh to the true surface (|sdf| at area-uniform mesh
+    samples); completeness: mean distance from area-uniform samples of the true surface to the mesh."""
+
+    accuracy: float
+    completeness: float
+
+
+@torch.no_grad()
+def surface_distances(
+    mesh: Mesh,
+    sdf_fn: Callable[[Tensor], Tensor],
+    n_samples: int = 20_000,
+    seed: int = 0,
+    radius: float = 1.0,
+) -> SurfaceDistances:
+    """Accuracy and completeness of a world-frame mesh against the zero level of `sdf_fn` inside radius."""
+    points, _ = sample_surface(mesh, n_samples, seed)
+    accuracy = float(sdf_fn(torch.from_numpy(points).double()).abs().mean())
+    truth = true_surface_samples(lambda p: sdf_fn(p).double(), n_samples, radius, seed=seed)
+    completeness = float(point_mesh_distance(truth, mesh.vertices, mesh.faces).mean())
+    return SurfaceDistances(accuracy, completeness)

@@ -131,3 +131,35 @@ def load_weights(system: torch.nn.Module, path: Path, what: str) -> int:
 def _key_mismatch(system: torch.nn.Module, saved: dict[str, Any]) -> tuple[list[str], list[str]]:
     expected = set(system.state_dict())
     return sorted(expected - set(saved)), sorted(set(saved) - expected)
+
+
+def init_particles(system: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Each particle's geometry from the source system's (particle i from the source's i, or its last), through
+    the representation's `init_from` (NeRF → DMTet, NeRF → Gaussians, ...)."""
+    sources = source.particles
+    for index, particle in enumerate(system.particles):
+        particle.geometry.init_from(sources[min(index, len(sources) - 1)].geometry)
+
+
+def other_representation(run_dir: Path, path: Path, system_cfg: Any) -> torch.nn.Module | None:
+    """For `weights=` of a run whose final geometry differs from this run's (its config.yaml says so): that run's
+    system with the checkpoint loaded, to initialize from; None when the geometry is the same (load as is)."""
+    import yaml
+
+    from systems.app.validation import validate_run
+
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(saved.read_text())
+    except yaml.YAMLError as e:
+        raise InputFileError(
+            f"weights: {saved} is not valid YAML ({e}); give the run's own config.yaml"
+        ) from None
+    final = validate_run({**raw, "resume": None, "weights": None, "mode": "train"}).final
+    if final.system_cfg.geometry.get("_target_") == system_cfg.geometry.get("_target_"):
+        return None
+    source = final.system_cls.from_config(final.system_cfg, final.run_info(), None, training=False)
+    load_weights(source, path, "weights")
+    return source

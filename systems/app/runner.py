@@ -23,7 +23,9 @@ from geometry.mesh.export import ExportError, ExportViews, export_geometry
 from systems.app.callbacks import PlainProgress, StepProgressBar
 from systems.app.checkpoints import (
     PeriodicCheckpoint,
+    init_particles,
     load_weights,
+    other_representation,
     save_checkpoint_atomically,
 )
 from systems.app.claim import RunLock, claim_existing, claim_explicit, claim_new
@@ -247,13 +249,16 @@ class Runner:
             source_vs = next(s for s in self.validated.stages if s.stage.name == stage.init_from)
             source, _ = self.build_system(source_vs, training=False)
             load_weights(source, run_dir / source_vs.stage.checkpoint, f"stage {stage.init_from}")
-            for index, particle in enumerate(
-                system.particles
-            ):  # particle i from the source's i (or its last)
-                particle.geometry.init_from(source.particles[min(index, len(source.particles) - 1)].geometry)
+            init_particles(system, source)
             log.info("stage %s initialized from stage %s", stage.name, stage.init_from)
         elif self.cfg.weights and stage.index == 0:
-            load_weights(system, resolve_checkpoint(self.cfg.weights, "weights")[1], "weights")
+            weights_run, path = resolve_checkpoint(self.cfg.weights, "weights")
+            source = other_representation(weights_run, path, vs.system_cfg)
+            if source is None:
+                load_weights(system, path, "weights")
+            else:  # weights= of a run with another geometry (magic3d-refine from a coarse NeRF): its init_from
+                init_particles(system, source)
+                log.info("initialized from %s (%s)", path, type(source.geometry).__name__)
 
     def prepare_evaluation(self):
         """mode=test|export: the final stage's system from a checkpoint (read before anything is written)."""

@@ -4,7 +4,8 @@ each initialized from the previous one by its representation's `init_from`, and 
 An experiment without `stages:` is one stage named "main" made of the top-level trainer/data/system. With
 `stages:`, each entry is {name, trainer?, data?, system?, init_from?} laid over the top-level config: mappings
 merge key by key, except that a component section whose `_target_` changes replaces the old section whole (a
-Gaussian geometry does not inherit a NeRF's keys). `init_from` names an earlier stage (default: the previous
+Gaussian geometry does not inherit a NeRF's keys), and a stage's `system.loss` replaces the inherited weights
+whole (a mesh stage has no NeRF regularizers to weigh). `init_from` names an earlier stage (default: the previous
 one; null: start fresh).
 """
 
@@ -76,6 +77,8 @@ def plan_stages(raw: dict[str, Any]) -> list[Stage]:
         for key in ("trainer", "data", "system"):
             if key in entry:
                 stage_raw[key] = overlay(base.get(key, {}), entry[key])
+        if "loss" in (entry.get("system") or {}):  # loss names belong to the stage's renderer: no inheriting
+            stage_raw["system"]["loss"] = copy.deepcopy(entry["system"]["loss"])
         final = i == len(entries) - 1
         stages.append(
             Stage(i, name, stage_raw, init_from, CKPT_NAME if final else f"ckpts/{name}.ckpt", final)

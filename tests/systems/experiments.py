@@ -19,6 +19,7 @@ TINY_MODELS = {
 }
 NERF = "geometry.nerf.field.ImplicitVolume"
 GAUSSIANS = "geometry.gaussians.model.GaussianModel"
+DMTET = "geometry.dmtet.geometry.DMTetGeometry"
 DIFFUSERS = "distill.denoisers.diffusers_unet.DiffusersDenoiser"
 
 
@@ -30,33 +31,71 @@ def composed(experiment: str) -> dict:
     return OmegaConf.to_container(cfg, resolve=True)
 
 
-def _system_overrides(system: dict, prefix: str, tiny_model) -> list[str]:
-    """Shrink one system section; tiny_model(model id) → the fixture folder that replaces it."""
-    out = []
-    geometry = system.get("geometry", {}).get("_target_")
-    if geometry == NERF:
-        out += [
+def _geometry_overrides(geometry: dict, prefix: str) -> list[str]:
+    """Shrink one geometry section (prefix: where it lives, e.g. "system" or "stages.1.system")."""
+    target = geometry.get("_target_")
+    if target == NERF:
+        out = [
             f"{prefix}.geometry.hash_grid.n_levels=4",
             f"{prefix}.geometry.hash_grid.log2_hashmap_size=12",
             f"{prefix}.renderer.num_samples_per_ray=16",
             # a 2-step run of a field that starts empty has no surface: a blob gives export something to find
             f"{prefix}.geometry.density_bias=blob_magic3d",
         ]
-        if system["geometry"].get("hash_grid", {}).get("start_level") is not None:
+        if geometry.get("hash_grid", {}).get("start_level") is not None:
             out.append(f"{prefix}.geometry.hash_grid.start_level=2")  # progressive levels, within the 4 kept
-    elif geometry == GAUSSIANS:
-        out += [
+        return out
+    if target == GAUSSIANS:
+        return [
             f"{prefix}.geometry.num_points=300",
             f"{prefix}.densify.start_step=1",
             f"{prefix}.densify.interval=2",
             f"{prefix}.densify.grad_threshold=1e-12",
         ]
-    denoiser = system.get("guidance", {}).get("denoiser", {})
-    if denoiser.get("_target_") == DIFFUSERS:
-        out += [
-            f"{prefix}.guidance.denoiser.pretrained_model_name_or_path={tiny_model(denoiser['pretrained_model_name_or_path'])}",
-            f"{prefix}.guidance.denoiser.torch_dtype=fp32",
+    if target == DMTET:  # the same hash grid as the NeRF's above, so a DMTet stage can copy its weights
+        return [
+            f"{prefix}.geometry.grid_resolution=32",
+            f"{prefix}.geometry.hash_grid.n_levels=4",
+            f"{prefix}.geometry.hash_grid.log2_hashmap_size=12",
         ]
+    return []
+
+
+def _guidance_overrides(guidance: dict, prefix: str, tiny_model) -> list[str]:
+    """The tiny random model in place of the one a guidance section names; tiny_model(model id) → its folder."""
+    denoiser = guidance.get("denoiser", {})
+    if denoiser.get("_target_") != DIFFUSERS:
+        return []
+    return [
+        f"{prefix}.guidance.denoiser.pretrained_model_name_or_path={tiny_model(denoiser['pretrained_model_name_or_path'])}",
+        f"{prefix}.guidance.denoiser.torch_dtype=fp32",
+    ]
+
+
+def _system_overrides(system: dict, prefix: str, tiny_model) -> list[str]:
+    return _geometry_overrides(system.get("geometry", {}), prefix) + _guidance_overrides(
+        system.get("guidance", {}), prefix, tiny_model
+    )
+
+
+def _stage_overrides(cfg: dict, i: int, stage: dict, tiny_model) -> list[str]:
+    """A stage's own sections are shrunk where they live (stages.<i>.…), inherited ones at the top level."""
+    out = [f"stages.{i}.trainer.max_steps=2", f"stages.{i}.trainer.val_check_interval=1"]
+    data = stage.get("data", {})
+    out += [f"stages.{i}.data.{key}=[32]" for key in ("height", "width") if key in data]
+    out += [f"stages.{i}.data.eval_height=32"] * ("eval_height" in data)
+    out += [f"stages.{i}.data.{key}=[]" for key in ("resolution_milestones",) if key in data]
+    out += [f"stages.{i}.data.batch_size=[1]"] * ("batch_size" in data)
+    system, top = stage.get("system", {}), cfg["system"]
+    if "_target_" in system and system["_target_"] != top.get("_target_"):
+        return out + _system_overrides(system, f"stages.{i}.system", tiny_model)  # a whole new system
+    for name, shrink in (
+        ("geometry", lambda sec, pre: _geometry_overrides(sec, pre)),
+        ("guidance", lambda sec, pre: _guidance_overrides(sec, pre, tiny_model)),
+    ):
+        own = system.get(name, {})
+        replaced = "_target_" in own and own["_target_"] != top.get(name, {}).get("_target_")
+        out += shrink(own, f"stages.{i}.system") if replaced else shrink(top.get(name, {}), "system")
     return out
 
 
@@ -70,11 +109,5 @@ def tiny_overrides(experiment: str, tiny_model) -> tuple[list[str], int]:
         return [*common, *steps, *_system_overrides(cfg["system"], "system", tiny_model)], 2
     out = list(common)
     for i, stage in enumerate(stages):
-        out += [f"stages.{i}.trainer.max_steps=2", f"stages.{i}.trainer.val_check_interval=1"]
-        system = stage.get("system", {})
-        if "_target_" not in system or system.get("_target_") == cfg["system"].get("_target_"):
-            system = {**cfg["system"], **system}  # the stage inherits the top-level system
-            out += _system_overrides(system, "system", tiny_model)
-        else:
-            out += _system_overrides(system, f"stages.{i}.system", tiny_model)
+        out += _stage_overrides(cfg, i, stage, tiny_model)
     return list(dict.fromkeys(out)), 2

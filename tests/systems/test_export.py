@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 import trimesh
@@ -12,6 +11,7 @@ from geometry.cameras import get_rays, make_cameras
 from geometry.functional.frames import from_y_up
 from geometry.mesh.export import ExportConfig, ExportError, export_geometry
 from geometry.mesh.extract import OpacityProbe
+from geometry.mesh.io import read_glb
 from geometry.mesh.mesh import Mesh
 from geometry.mesh.metrics import surface_accuracy
 from geometry.mesh.surface import density_to_mesh
@@ -21,11 +21,8 @@ FAST = dict(resolution=64, target_faces=5000, texture_size=512)
 
 
 def load_glb_world(path) -> tuple[Mesh, torch.Tensor]:
-    """A GLB read back into the world frame (z-up), with its base-colour texture (H, W, 3) in [0, 1]."""
-    loaded = trimesh.load(path, force="mesh", process=False)
-    mesh = Mesh(from_y_up(loaded.vertices), loaded.faces, uv=loaded.visual.uv.astype(np.float32))
-    rgb = loaded.visual.material.to_simple().image.convert("RGB")
-    return mesh, torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0)
+    mesh, image = read_glb(path)
+    return mesh, torch.from_numpy(image)
 
 
 @pytest.fixture(scope="module")

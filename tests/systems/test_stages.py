@@ -78,7 +78,8 @@ def test_stage_plans_overlay_sections_and_replace_a_changed_target():
     assert [s.name for s in stages] == ["one", "two"] and stages[1].init_from == "one"
     assert stages[0].raw["trainer"] == {"max_steps": 3} and stages[1].raw["trainer"] == {"max_steps": 10}
     assert stages[1].raw["system"]["geometry"] == {"_target_": "gaussians", "num_points": 5}  # replaced whole
-    assert stages[1].raw["system"]["loss"] == {"x": 1, "y": 2}  # merged
+    # A stage's loss weights replace the inherited ones (they name the stage's own regularizers).
+    assert stages[1].raw["system"]["loss"] == {"y": 2} and stages[0].raw["system"]["loss"] == {"x": 1}
     assert stages[0].checkpoint == "ckpts/one.ckpt" and stages[1].checkpoint == "ckpts/last.ckpt"
     assert overlay({"a": {"b": 1}}, {"a": {"c": 2}}) == {"a": {"b": 1, "c": 2}}
 
@@ -95,3 +96,29 @@ def test_stage_plans_overlay_sections_and_replace_a_changed_target():
 def test_malformed_stages_are_one_line_errors(stages, message):
     with pytest.raises(ConfigError, match=message):
         plan_stages({"system": {}, "stages": stages})
+
+
+@pytest.mark.slow  # two short real runs
+def test_weights_of_a_nerf_run_start_a_dmtet_refine_from_its_density(tmp_path, tiny_sd_path):
+    """magic3d-refine weights=<a NeRF run>: the DMTet is initialized from that run's NeRF (another geometry, so
+    its config.yaml is read and `init_from` converts), not refused as a checkpoint of another model."""
+    grid = ["hash_grid.n_levels=4", "hash_grid.log2_hashmap_size=12"]
+    coarse = tmp_path / "coarse"
+    nerf, _ = tiny_overrides("demo", lambda model: model)
+    result = run_cli(
+        ["experiment=demo", f"run_dir={coarse}", *nerf, "system.geometry.radius=2.0",
+         "system.geometry.hash_grid.base_resolution=16", "system.geometry.hash_grid.per_level_scale=1.447269237440378",
+         "system.geometry.hash_grid.backend=auto"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    refine_overrides, _ = tiny_overrides("magic3d-refine", lambda model: str(tiny_sd_path))
+    refine = tmp_path / "refine"
+    result = run_cli(
+        ["experiment=magic3d-refine", f"weights={coarse}", f"run_dir={refine}", *refine_overrides,
+         *(f"system.geometry.{g}" for g in grid)],
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "initialized from" in result.stderr and "ImplicitVolume" in result.stderr
+    assert summary(refine)["export"]["status"] == "completed"

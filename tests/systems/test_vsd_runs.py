@@ -14,6 +14,7 @@ from tests.systems.test_resume import FAST
 
 TINY_PROLIFIC = [
     "experiment=prolificdreamer",
+    "~stages",  # stage 1 (the NeRF with VSD) alone
     *FAST,
     "data.resolution_milestones=[]",
     "data.batch_size=[1]",
