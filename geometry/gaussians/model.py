@@ -248,8 +248,9 @@ class GaussianModel(nn.Module):
         return {"gaussians_ply": str(path)}
 
     @torch.no_grad()
-    def init_from(self, other: nn.Module) -> None:
-        """Start a stage from another representation: copy Gaussians, or place them on a field's surface."""
+    def init_from(self, other: nn.Module, views: ExportViews | None = None) -> None:
+        """Start a stage from another representation: copy Gaussians, or place them on a field's surface.
+        views (renders of `other`) are not needed: the field is sampled directly."""
         if isinstance(other, GaussianModel):
             self.set_tensors({name: getattr(other, name).detach().clone() for name in PARAM_NAMES})
             return

@@ -37,15 +37,21 @@ def closest_point_on_triangles(p: np.ndarray, a: np.ndarray, b: np.ndarray, c: n
     out = a + ab * v[:, None] + ac * w[:, None]
     region = lambda mask, value: np.copyto(out, value, where=mask[:, None])  # noqa: E731
     e_bc = (va <= 0) & (d4 - d3 >= 0) & (d5 - d6 >= 0)
-    t_bc = (d4 - d3) / np.where(e_bc, (d4 - d3) + (d5 - d6), 1.0)
-    region(e_bc, b + (c - b) * t_bc[:, None])
+    region(e_bc, b + (c - b) * _ratio(d4 - d3, (d4 - d3) + (d5 - d6))[:, None])
     e_ac = (vb <= 0) & (d2 >= 0) & (d6 <= 0)
-    region(e_ac, a + ac * (d2 / np.where(e_ac, d2 - d6, 1.0))[:, None])
+    region(e_ac, a + ac * _ratio(d2, d2 - d6)[:, None])
     region((d6 >= 0) & (d5 <= d6), c)
     e_ab = (vc <= 0) & (d1 >= 0) & (d3 <= 0)
-    region(e_ab, a + ab * (d1 / np.where(e_ab, d1 - d3, 1.0))[:, None])
+    region(e_ab, a + ab * _ratio(d1, d1 - d3)[:, None])
     region((d3 >= 0) & (d4 <= d3), b)
     region((d1 <= 0) & (d2 <= 0), a)
+    return out
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, 0 where den = 0 (an edge of zero length: its start is its closest point)."""
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den != 0)
     return out
 
 

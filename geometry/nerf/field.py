@@ -212,8 +212,9 @@ class ImplicitVolume(nn.Module):
         return lambda points, normals: albedo(points)
 
     @torch.no_grad()
-    def init_from(self, other: nn.Module) -> None:
-        """Start a stage from another representation: the same NeRF configuration copies its weights."""
+    def init_from(self, other: nn.Module, views: ExportViews | None = None) -> None:
+        """Start a stage from another representation: the same NeRF configuration copies its weights.
+        views (renders of `other`) are not needed."""
         if isinstance(other, ImplicitVolume):
             self.load_state_dict(other.state_dict())
             return

@@ -133,17 +133,31 @@ def _key_mismatch(system: torch.nn.Module, saved: dict[str, Any]) -> tuple[list[
     return sorted(expected - set(saved)), sorted(set(saved) - expected)
 
 
-def init_particles(system: torch.nn.Module, source: torch.nn.Module) -> None:
+def init_particles(system: torch.nn.Module, source: torch.nn.Module, source_data: Any = None) -> None:
     """Each particle's geometry from the source system's (particle i from the source's i, or its last), through
-    the representation's `init_from` (NeRF → DMTet, NeRF → Gaussians, ...)."""
+    the representation's `init_from` (NeRF → DMTet, NeRF → Gaussians, ...).
+
+    source_data: the source stage's camera config; with it `init_from` also gets renders of the source particle
+    at its evaluation cameras (ExportViews), so it can start from what the source exports (a NeRF's surface).
+    """
+    from geometry.mesh.surface import ExportViews
+    from systems.data import eval_distance_fovy
+
     sources = source.particles
+    source.eval()
     for index, particle in enumerate(system.particles):
-        particle.geometry.init_from(sources[min(index, len(sources) - 1)].geometry)
+        src = sources[min(index, len(sources) - 1)]
+        views = None
+        if source_data is not None:
+            distance, fovy = eval_distance_fovy(source_data)
+            views = ExportViews(src, distance, fovy, source_data.eval_elevation)
+        particle.geometry.init_from(src.geometry, views=views)
 
 
-def other_representation(run_dir: Path, path: Path, system_cfg: Any) -> torch.nn.Module | None:
+def other_representation(run_dir: Path, path: Path, system_cfg: Any) -> tuple[torch.nn.Module, Any] | None:
     """For `weights=` of a run whose final geometry differs from this run's (its config.yaml says so): that run's
-    system with the checkpoint loaded, to initialize from; None when the geometry is the same (load as is)."""
+    system with the checkpoint loaded and its camera config, to initialize from; None when the geometry is the
+    same (load as is)."""
     import yaml
 
     from systems.app.validation import validate_run
@@ -162,4 +176,4 @@ def other_representation(run_dir: Path, path: Path, system_cfg: Any) -> torch.nn
         return None
     source = final.system_cls.from_config(final.system_cfg, final.run_info(), None, training=False)
     load_weights(source, path, "weights")
-    return source
+    return source, final.cfg.data

@@ -249,15 +249,16 @@ class Runner:
             source_vs = next(s for s in self.validated.stages if s.stage.name == stage.init_from)
             source, _ = self.build_system(source_vs, training=False)
             load_weights(source, run_dir / source_vs.stage.checkpoint, f"stage {stage.init_from}")
-            init_particles(system, source)
+            init_particles(system, source, source_vs.cfg.data)
             log.info("stage %s initialized from stage %s", stage.name, stage.init_from)
         elif self.cfg.weights and stage.index == 0:
             weights_run, path = resolve_checkpoint(self.cfg.weights, "weights")
-            source = other_representation(weights_run, path, vs.system_cfg)
-            if source is None:
+            other = other_representation(weights_run, path, vs.system_cfg)
+            if other is None:
                 load_weights(system, path, "weights")
             else:  # weights= of a run with another geometry (magic3d-refine from a coarse NeRF): its init_from
-                init_particles(system, source)
+                source, source_data = other
+                init_particles(system, source, source_data)
                 log.info("initialized from %s (%s)", path, type(source.geometry).__name__)
 
     def prepare_evaluation(self):

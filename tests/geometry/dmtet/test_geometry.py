@@ -115,6 +115,10 @@ def test_init_from_a_nerf_puts_the_surface_on_its_level_set_and_copies_the_colou
     near = true_distance.abs() < 2 * h
     assert (g.sdf.detach()[near] / true_distance[near]).median() == pytest.approx(1.0, abs=0.1)
     assert g.sdf.detach().abs().max() <= g.cfg.sdf_clamp
+    # Far from it too, where the density is flat (empty space) or saturated: the lattice distance, so that a
+    # vertex deep outside cannot flip under a few noisy steps (the old constant ≈ 1 cell grew 3 M faces).
+    far = (true_distance.abs() > 3 * h) & (true_distance.abs() < g.cfg.sdf_clamp - h)
+    assert ((g.sdf.detach()[far] - true_distance[far]).abs() < h).all()
 
     points = (torch.rand(500, 3, generator=torch.Generator().manual_seed(2)) * 2 - 1) * 0.9
     with torch.no_grad():
@@ -141,6 +145,46 @@ def test_init_from_a_nerf_refuses_mismatched_colour_fields_and_empty_volumes():
     assert torch.equal(g.sdf.detach(), before)
     with pytest.raises(TypeError, match="from Linear"):
         g.init_from(torch.nn.Linear(2, 2))
+
+
+class ShellNeRF(ImplicitVolume):
+    """A NeRF as SDS leaves them: a dense shell 0.42 < |x| < 0.5 around an empty core, albedo constant."""
+
+    def _query(self, points, want_albedo=True):
+        r = points.norm(dim=-1, keepdim=True)
+        density = 100.0 * torch.sigmoid(200 * (0.5 - r)) * torch.sigmoid(200 * (r - 0.42))
+        return density, points.new_full((points.shape[0], 3), 0.5) if want_albedo else None
+
+
+def test_init_from_a_nerfs_surface_fills_what_no_render_sees_and_keeps_the_silhouette():
+    from geometry.fields.backgrounds import SolidBackground
+    from geometry.fields.materials import NoMaterial
+    from geometry.mesh.surface import ExportViews
+    from geometry.nerf.renderer import VolumeRenderer, VolumeRendererConfig
+
+    nerf = ShellNeRF(NeRFConfig(hash_grid=HashGridConfig(**TINY_GRID)))
+    cfg = VolumeRendererConfig(backend="torch", return_normal=False, num_samples_per_ray=128)
+    renderer = VolumeRenderer(cfg, nerf, NoMaterial(), SolidBackground((1.0, 1.0, 1.0))).eval()
+    views = ExportViews(renderer, distance=2.5, fovy_deg=40.0, elevation=15.0)
+
+    density_init = make_dmtet(init="none", grid_resolution=32, nerf_init="density")
+    density_init.init_from(nerf, views=views)
+    radius = density_init.isosurface()[0].detach().norm(dim=-1)
+    assert (radius < 0.45).any()  # the reference formula meshes the shell's inner wall as well
+
+    g = make_dmtet(init="none", grid_resolution=32)  # nerf_init="surface", the default
+    g.init_from(nerf, views=views)
+    verts, faces = g.isosurface()
+    radius = verts.detach().norm(dim=-1)
+    assert (edge_face_counts(faces) == 2).all()
+    # One closed surface at the shell's outside, none inside: measured radii 0.504–0.516. The rendered
+    # silhouette lies just past 0.5: a grazing ray there still crosses density ≈ 10 over a chord of 0.2.
+    assert radius.min() > 0.5 - 0.25 * g.cell_size and radius.max() < 0.5 + 0.5 * g.cell_size
+    assert radius.max() - radius.min() < 0.25 * g.cell_size
+    # The values are distances to that surface, inside included (the core is solid, not empty space).
+    core = g.grid_vertices.norm(dim=-1) < 0.3
+    true_distance = g.grid_vertices.norm(dim=-1) - 0.5
+    assert ((g.sdf.detach() - true_distance).abs()[core] < g.cell_size).all()
 
 
 def rotated_box():
