@@ -166,6 +166,14 @@ def eval_distance_fovy(cfg: RandomCameraConfig) -> tuple[float, float]:
     return distance, fovy
 
 
+def export_views(renderer: torch.nn.Module, cfg: RandomCameraConfig):
+    """Renders of `renderer` at the evaluation cameras of `cfg`, for export and stage converters."""
+    from geometry.mesh.surface import ExportViews
+
+    distance, fovy = eval_distance_fovy(cfg)
+    return ExportViews(renderer, distance, fovy, cfg.eval_elevation)
+
+
 def orbit_cameras(
     cfg: RandomCameraConfig,
     n_views: int,

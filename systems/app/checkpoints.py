@@ -140,17 +140,13 @@ def init_particles(system: torch.nn.Module, source: torch.nn.Module, source_data
     source_data: the source stage's camera config; with it `init_from` also gets renders of the source particle
     at its evaluation cameras (ExportViews), so it can start from what the source exports (a NeRF's surface).
     """
-    from geometry.mesh.surface import ExportViews
-    from systems.data import eval_distance_fovy
+    from systems.data import export_views
 
     sources = source.particles
     source.eval()
     for index, particle in enumerate(system.particles):
         src = sources[min(index, len(sources) - 1)]
-        views = None
-        if source_data is not None:
-            distance, fovy = eval_distance_fovy(source_data)
-            views = ExportViews(src, distance, fovy, source_data.eval_elevation)
+        views = None if source_data is None else export_views(src, source_data)
         particle.geometry.init_from(src.geometry, views=views)
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
-from geometry.mesh.export import ExportError, ExportViews, export_geometry
+from geometry.mesh.export import ExportError, export_geometry
 from systems.app.callbacks import PlainProgress, StepProgressBar
 from systems.app.checkpoints import (
     PeriodicCheckpoint,
@@ -34,7 +34,7 @@ from systems.app.loggers import build_logger
 from systems.app.run_dir import read_summary, resolve_checkpoint, slug, write_config, write_summary
 from systems.app.stages import completed_stages
 from systems.app.validation import ValidatedRun, ValidatedStage
-from systems.data import eval_distance_fovy, orbit_cameras
+from systems.data import export_views, orbit_cameras
 from systems.datamodule import RandomCameraDataModule
 
 log = logging.getLogger("distill3d")
@@ -324,14 +324,13 @@ class Runner:
         """Mesh + UV atlas + baked texture (+ representation files) → export/. A training run whose export
         finds no surface still completes: the skip and its reason go into summary.json."""
         data = self.validated.final.cfg.data
-        distance, fovy = eval_distance_fovy(data)
         system.eval()
         particles = system.particles
         records, files = [], {}
         for index, particle in enumerate(particles):
             # One particle exports to export/; several to export/particle_<i>/ each.
             folder = run_dir / "export" if len(particles) == 1 else run_dir / "export" / f"particle_{index}"
-            views = ExportViews(particle, distance, fovy, data.eval_elevation)
+            views = export_views(particle, data)
             try:
                 result = export_geometry(particle.geometry, self.cfg.export, folder, views)
             except ExportError as e:
