@@ -20,48 +20,29 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+from cli_runs import REPO, run_distill3d  # benchmarks/, beside this script
 
 from geometry.analytic.scene_io import load_scene
 from geometry.mesh.io import read_glb
 from geometry.mesh.metrics import surface_accuracy, surface_distances
 
-REPO = Path(__file__).resolve().parents[1]
 METHODS = {"nerf": "demo", "dmtet": "demo-dmtet"}
 
 
-def command() -> list[str]:
-    script = Path(sys.executable).with_name("distill3d")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "systems.app.launch"]
-
-
 def run(experiment: str, scene: Path, run_dir: Path, extra: list[str]) -> float:
-    args = [f"experiment={experiment}", f"scene={scene.resolve()}", f"run_dir={run_dir}"]
-    args += ["trainer.enable_progress_bar=false", *extra]
-    start = time.perf_counter()
-    result = subprocess.run([*command(), *args], cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"{experiment} on {scene.name} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - start
+    args = [f"experiment={experiment}", f"scene={scene.resolve()}", f"run_dir={run_dir}", *extra]
+    return run_distill3d(args, f"{experiment} on {scene.name}")
 
 
 def reexport(run_dir: Path, faces: int) -> None:
     """Export a finished run again, decimated to `faces` triangles (mode=export, no training)."""
-    args = [
-        "mode=export",
-        f"resume={run_dir}",
-        f"export.target_faces={faces}",
-        "trainer.enable_progress_bar=false",
-    ]
-    result = subprocess.run([*command(), *args], cwd=REPO, capture_output=True, text=True)
-    if result.returncode != 0:
-        sys.exit(f"re-export of {run_dir.name} failed:\n{result.stderr[-3000:]}")
+    run_distill3d(
+        ["mode=export", f"resume={run_dir}", f"export.target_faces={faces}"], f"re-export of {run_dir.name}"
+    )
 
 
 def measure(run_dir: Path, scene_path: Path) -> dict[str, float]:

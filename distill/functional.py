@@ -80,3 +80,20 @@ def injected_loss(x: Float[Tensor, "B C H W"], grad: Float[Tensor, "B C H W"]) -
     """loss = 0.5·||x − sg(x − grad)||² / B, so that d loss / d x = grad / B (REFERENCE.md, "injection")."""
     target = (x - grad).detach()
     return 0.5 * (x - target).pow(2).sum() / x.shape[0]
+
+
+def rescale_x0_std(
+    x0_cfg: Float[Tensor, "B C H W"], x0_cond: Float[Tensor, "B C H W"], num_views: int, amount: float
+) -> Float[Tensor, "B C H W"]:
+    """MVDream's CFG rescale of the x0 reconstruction (Shi et al. 2023, §3.3 and appendix): each object's guided
+    x0 (its num_views views together) is scaled toward the standard deviation of its non-guided x0,
+
+        x0 ← amount · (std(x0_cond) / std(x0_cfg)) · x0_cfg + (1 − amount) · x0_cfg,
+
+    which keeps a large CFG scale (50) from over-saturating the target. amount 0 returns x0_cfg unchanged."""
+    if amount == 0:
+        return x0_cfg
+    per_object = lambda x: x.reshape(-1, num_views * x[0].numel())  # noqa: E731
+    factor = (per_object(x0_cond).std(dim=1) + 1e-8) / (per_object(x0_cfg).std(dim=1) + 1e-8)
+    factor = factor.repeat_interleave(num_views).view(-1, *([1] * (x0_cfg.dim() - 1)))
+    return amount * factor * x0_cfg + (1.0 - amount) * x0_cfg

@@ -46,7 +46,7 @@ _HUB_ID = re.compile(r"^[\w.\-]+(/[\w.\-]+)?$")
 # Set on every module load_components returns, so systems can leave frozen weights out of checkpoints.
 FROZEN_ATTR = "_distill3d_frozen"
 # Everything the hub / diffusers / transformers raise for "those files are not there".
-_MISSING_ERRORS = (OSError, EntryNotFoundError)
+MISSING_ERRORS = (OSError, EntryNotFoundError)
 
 
 class WeightsNotFoundError(UserError, RuntimeError):
@@ -185,7 +185,7 @@ def _fix_hint(cfg: ModelLoadConfig, source: str) -> str:
     )
 
 
-def _not_found(cfg: ModelLoadConfig, component: str, exc: BaseException) -> WeightsNotFoundError:
+def not_found_error(cfg: ModelLoadConfig, component: str, exc: BaseException) -> WeightsNotFoundError:
     """One line: what was tried (source, component, online/offline), why it failed, and the fix."""
     source = cfg.pretrained_model_name_or_path
     mode = "offline (HF_HUB_OFFLINE / local_files_only)" if cfg.offline else "online"
@@ -219,11 +219,11 @@ def _class_map(cfg: ModelLoadConfig) -> dict[str, tuple[str, str]]:
                 source, "model_index.json", revision=cfg.revision, local_files_only=cfg.offline
             )
         except LocalEntryNotFoundError as exc:
-            raise _not_found(cfg, "pipeline index (model_index.json)", exc) from None
+            raise not_found_error(cfg, "pipeline index (model_index.json)", exc) from None
         except EntryNotFoundError:  # the repo exists but holds no pipeline index: assume SD's layout
             index_path = None
         except OSError as exc:
-            raise _not_found(cfg, "pipeline index (model_index.json)", exc) from None
+            raise not_found_error(cfg, "pipeline index (model_index.json)", exc) from None
     classes: dict[str, tuple[str, str]] = dict(_DEFAULT_CLASSES)
     if index_path is not None:  # only what the index names (diffusers writes [null, null] for absent parts)
         index = json.loads(Path(index_path).read_text())
@@ -257,7 +257,7 @@ def _resolve_class(library: str, name: str, component: str) -> type:
     return cls
 
 
-def _check_source(cfg: ModelLoadConfig) -> None:
+def check_source(cfg: ModelLoadConfig) -> None:
     """Fail early, before any hub call, on a local path that does not exist."""
     source = cfg.pretrained_model_name_or_path
     if os.path.exists(source):
@@ -291,8 +291,8 @@ def _load_pretrained(cfg: ModelLoadConfig, classes: dict[str, tuple[str, str]], 
         kwargs["dtype" if transformers_cls else "torch_dtype"] = cfg.dtype
     try:
         return cls.from_pretrained(source, **kwargs)
-    except _MISSING_ERRORS as exc:
-        raise _not_found(cfg, name, exc) from None
+    except MISSING_ERRORS as exc:
+        raise not_found_error(cfg, name, exc) from None
 
 
 def _load_single_file(cfg: ModelLoadConfig, names: tuple[str, ...]) -> dict[str, Any]:
@@ -316,12 +316,12 @@ def _load_single_file(cfg: ModelLoadConfig, names: tuple[str, ...]) -> dict[str,
         pipe = pipeline_cls.from_single_file(
             source, config=cfg.single_file_config, torch_dtype=cfg.dtype, local_files_only=cfg.offline
         )
-    except _MISSING_ERRORS as exc:
-        raise _not_found(cfg, "single-file checkpoint", exc) from None
+    except MISSING_ERRORS as exc:
+        raise not_found_error(cfg, "single-file checkpoint", exc) from None
     return {n: getattr(pipe, n, None) for n in names}
 
 
-def _apply_memory_options(cfg: ModelLoadConfig, parts: dict[str, Any]) -> list:
+def apply_memory_options(cfg: ModelLoadConfig, parts: dict[str, Any]) -> list:
     """Attention/VAE slicing, then device placement or accelerate model offload. Returns offload hooks."""
     if cfg.enable_attention_slicing and parts.get("unet") is not None:
         parts["unet"].set_attention_slice("auto")
@@ -352,7 +352,7 @@ def _apply_memory_options(cfg: ModelLoadConfig, parts: dict[str, Any]) -> list:
 
 def listed_components(cfg: ModelLoadConfig) -> set[str]:
     """The components the model's index lists (a single file: SD's layout); raises WeightsNotFoundError."""
-    _check_source(cfg)
+    check_source(cfg)
     if os.path.isfile(cfg.pretrained_model_name_or_path):
         return set(COMPONENT_NAMES)
     return set(_class_map(cfg))
@@ -367,7 +367,7 @@ def load_components(cfg: ModelLoadConfig, names: tuple[str, ...] = COMPONENT_NAM
     unknown = set(names) - set(COMPONENT_NAMES)
     if unknown:
         raise ValueError(f"Unknown component(s) {sorted(unknown)}: choose from {COMPONENT_NAMES}.")
-    _check_source(cfg)
+    check_source(cfg)
     source = cfg.pretrained_model_name_or_path
     if os.path.isfile(source):
         parts = _load_single_file(cfg, tuple(names))
@@ -383,7 +383,7 @@ def load_components(cfg: ModelLoadConfig, names: tuple[str, ...] = COMPONENT_NAM
     for part in parts.values():
         if isinstance(part, nn.Module):
             freeze(part)
-    hooks = _apply_memory_options(cfg, parts)
+    hooks = apply_memory_options(cfg, parts)
     known = {f.name for f in fields(DiffusionComponents)}
     return DiffusionComponents(
         **{k: v for k, v in parts.items() if k in known}, source=source, offload_hooks=hooks

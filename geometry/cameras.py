@@ -153,6 +153,23 @@ def make_cameras(
     )
 
 
+def rotate_about_up(c2w: Float[Tensor, "B 4 4"], degrees: Float[Tensor, "B"]) -> Float[Tensor, "B 4 4"]:
+    """The poses turned about the world up axis (z) by `degrees` (counter-clockwise seen from above): a camera
+    at azimuth a goes to azimuth a + degrees, the same elevation and distance. Equivalently, the camera sees
+    the world turned by −degrees (the azimuth oracles' "which side does this view see")."""
+    theta = torch.deg2rad(degrees.to(c2w.dtype))
+    rot = torch.zeros_like(c2w)
+    rot[:, 0, 0], rot[:, 0, 1] = theta.cos(), -theta.sin()
+    rot[:, 1, 0], rot[:, 1, 1] = theta.sin(), theta.cos()
+    rot[:, 2, 2] = rot[:, 3, 3] = 1.0
+    return rot @ c2w
+
+
+def pose_azimuth(c2w: Float[Tensor, "B 4 4"]) -> Float[Tensor, "B"]:
+    """Azimuth in degrees of each camera position (atan2(y, x), 0 on +x): the truth when poses are perturbed."""
+    return torch.rad2deg(torch.atan2(c2w[:, 1, 3], c2w[:, 0, 3]))
+
+
 def focal_from_fovy(fovy: Float[Tensor, "B"], height: int) -> Float[Tensor, "B"]:
     return 0.5 * height / torch.tan(0.5 * fovy)
 

@@ -35,6 +35,15 @@ class RandomCameraConfig:
     light_distance_range: list[float] = field(default_factory=lambda: [0.8, 1.5])
     light_position_perturb: float = 1.0
     progressive_until: int = 0  # widen from a frontal range to the full range over these steps (Magic3D)
+    # Multi-view batches (MVDream): n_view views per object, azimuths 360/n_view apart from a random start,
+    # elevation, distance, fovy and perturbations shared by the object's views; batch_size counts views.
+    n_view: int = 1
+    relative_radius: bool = (
+        False  # distance = sampled value / tan(fovy / 2) (MVDream: the object fills the view)
+    )
+    # Snap sampled elevations and azimuths to multiples of this many degrees (0: continuous). The azimuth
+    # oracles cache their exact renders per pose, so a lattice of training poses makes their steps cheap.
+    angle_step: float = 0.0
     eval_height: int = 64
     eval_width: int | None = None
     eval_elevation: float = 15.0
@@ -70,6 +79,13 @@ class RandomCameraConfig:
                 )
         if self.width is not None and len(self.width) != len(self.height):
             raise ValueError("data.width must have as many entries as data.height (or be null)")
+        if self.n_view < 1 or any(b % self.n_view for b in self.batch_size):
+            raise ValueError(
+                f"data.batch_size {self.batch_size} must be whole multiples of data.n_view={self.n_view} "
+                "(each object contributes n_view views)"
+            )
+        if self.angle_step < 0:
+            raise ValueError(f"data.angle_step must be >= 0 degrees (0 = continuous), got {self.angle_step}")
         if self.n_test_views <= 0 or self.n_val_views <= 0:
             raise ValueError("data.n_val_views and data.n_test_views must be positive")
 
@@ -116,16 +132,24 @@ class RandomCameraSampler:
         c = self.cfg
         gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
         n = self.batch_size(step)
+        objects, views = n // c.n_view, c.n_view
         height, width = self.resolution(step)
         elev_range, azim_range = self.ranges(step)
-        elevation = self._elevation(gen, n, elev_range)
-        # Azimuth stratified across the batch: one sample per equal slice of the range.
-        strata = (torch.arange(n) + torch.rand(n, generator=gen)) / n
+        per_object = lambda x: x.repeat_interleave(views, dim=0)  # noqa: E731  (object-major layout)
+        elevation = per_object(self._elevation(gen, objects, elev_range))
+        if views == 1:  # azimuth stratified across the batch: one sample per equal slice of the range
+            strata = (torch.arange(n) + torch.rand(n, generator=gen)) / n
+        else:  # MVDream: one random start per object, its views spread evenly over the range
+            strata = (torch.rand(objects, 1, generator=gen) + torch.arange(views)).reshape(-1) / views
         azimuth = azim_range[0] + (azim_range[1] - azim_range[0]) * strata
         azimuth = (azimuth + 180.0) % 360.0 - 180.0
-        distance = _uniform(gen, n, *c.distance_range)
-        fovy = _uniform(gen, n, *c.fovy_range)
-        c2w = self._perturbed_poses(gen, elevation, azimuth, distance)
+        distance = per_object(_uniform(gen, objects, *c.distance_range))
+        fovy = per_object(_uniform(gen, objects, *c.fovy_range))
+        if c.angle_step > 0:
+            elevation, azimuth = (torch.round(a / c.angle_step) * c.angle_step for a in (elevation, azimuth))
+        if c.relative_radius:
+            distance = distance / torch.tan(torch.deg2rad(fovy) / 2)
+        c2w = self._perturbed_poses(gen, elevation, azimuth, distance, views)
         light = self._light_positions(gen, c2w[:, :3, 3])
         return Cameras(c2w, torch.deg2rad(fovy), height, width, elevation, azimuth, distance, light)
 
@@ -137,17 +161,19 @@ class RandomCameraSampler:
         return torch.where(use_sphere, on_sphere, uniform_angle)
 
     def _perturbed_poses(
-        self, gen: torch.Generator, elevation: Tensor, azimuth: Tensor, distance: Tensor
+        self, gen: torch.Generator, elevation: Tensor, azimuth: Tensor, distance: Tensor, views: int = 1
     ) -> Tensor:
         c = self.cfg
         base = c2w_from_spherical(elevation, azimuth, distance)
         if c.camera_perturb == 0 and c.center_perturb == 0 and c.up_perturb == 0:
             return base
-        n = elevation.shape[0]
-        eye = base[:, :3, 3] + c.camera_perturb * torch.randn(n, 3, generator=gen)
-        target = c.center_perturb * torch.randn(n, 3, generator=gen)
+        n = elevation.shape[0] // views
+        # One perturbation per object, shared by its views (MVDream's sampler does the same).
+        noise = lambda: torch.randn(n, 3, generator=gen).repeat_interleave(views, dim=0)  # noqa: E731
+        eye = base[:, :3, 3] + c.camera_perturb * noise()
+        target = c.center_perturb * noise()
         # The spherical frame's up (not world z) stays well defined at the poles.
-        up = base[:, :3, 1] + c.up_perturb * torch.randn(n, 3, generator=gen)
+        up = base[:, :3, 1] + c.up_perturb * noise()
         return look_at(eye, target, up)
 
     def _light_positions(self, gen: torch.Generator, camera_position: Tensor) -> Tensor:

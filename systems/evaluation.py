@@ -7,6 +7,7 @@ RenderOutput), so every recipe gets the same evaluation.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from geometry.cameras import Cameras
+from distill.conditions.views import wrap_azimuth
+from geometry.cameras import Cameras, rotate_about_up
 from geometry.render_output import RenderOutput
 from systems.metrics import psnr
 from systems.visualize import save_image, save_video, to_uint8, turntable_frame, validation_row
@@ -61,11 +63,42 @@ def scene_metrics(render: RenderOutput, truth: RenderOutput, seconds: float) -> 
 def evaluate_against_scene(
     renderer: nn.Module, scene: Any, cameras: Cameras, device: torch.device, chunk: int
 ) -> dict[str, float]:
-    """PSNR of the renderer's unlit views over white vs the scene's exact renders, on held-out cameras."""
+    """PSNR of the renderer's unlit views over white vs the scene's exact renders, on held-out cameras, as is
+    and after the best turn of the scene about the up axis (psnr_aligned, aligned_azimuth_deg)."""
     start = time.perf_counter()
     render = unlit_views(renderer, cameras, device, chunk)
     truth = scene.render(cameras, background=torch.ones(len(cameras), 3))
-    return scene_metrics(render, truth, time.perf_counter() - start)
+    metrics = scene_metrics(render, truth, time.perf_counter() - start)
+    metrics.update(aligned_psnr(render.rgb.cpu(), scene, cameras.to("cpu")))
+    metrics["eval_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+def aligned_psnr(
+    rgb: Tensor, scene: Any, cameras: Cameras, step_deg: float = 5.0, search_views: int = 8
+) -> dict[str, float]:
+    """PSNR after the best global azimuth phi: the model is compared with the scene turned by phi about the up
+    axis (its front facing azimuth phi), i.e. its render at camera c with the scene's at c turned by −phi.
+
+    A model that is the scene turned by any angle scores as the scene itself: the multi-view oracle may settle
+    on any global azimuth. phi is searched every step_deg degrees on at most search_views of the views, then
+    scored on all of them. Returns {"psnr_aligned", "aligned_azimuth_deg"} (phi in (−180, 180])."""
+    white = torch.ones(len(cameras), 3)
+    subset = torch.linspace(0, len(cameras) - 1, min(search_views, len(cameras))).round().long().unique()
+    angles = torch.arange(0.0, 360.0, step_deg)
+
+    def score(phi: float, index: Tensor) -> Tensor:
+        cams = cameras[index]
+        turned = replace(cams, c2w=rotate_about_up(cams.c2w, torch.full((len(cams),), -phi)))
+        truth = scene.render(turned, background=white[index]).rgb
+        return psnr(rgb[index], truth)
+
+    best = max(angles.tolist(), key=lambda phi: float(score(phi, subset).mean()))
+    values = score(best, torch.arange(len(cameras)))
+    return {
+        "psnr_aligned": float(values.mean()),
+        "aligned_azimuth_deg": float(wrap_azimuth(torch.tensor(best))),
+    }
 
 
 def evaluate_particles(

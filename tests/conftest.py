@@ -51,3 +51,21 @@ def unchecked_types():
     jaxtyping.config.update("jaxtyping_disable", True)
     yield
     jaxtyping.config.update("jaxtyping_disable", before)
+
+
+@pytest.fixture(scope="session")
+def tiny_mvdream_path(tmp_path_factory):
+    """A tiny random MVDream in the diffusers port layout (unet/ = MultiViewUNetModel config + LDM keys)."""
+    from tests.fixtures.tiny_mvdream import build_tiny_mvdream
+
+    return build_tiny_mvdream(tmp_path_factory.mktemp("tiny-mvdream"))
+
+
+@pytest.fixture(scope="session")
+def tiny_mvdream_ckpt(tmp_path_factory, tiny_mvdream_path):
+    """The same tiny MVDream weights as an original-LDM-layout single .pt file (sd-v2.1-base-4view.pt style)."""
+    from tests.fixtures.tiny_mvdream import build_tiny_mvdream_ckpt
+
+    return build_tiny_mvdream_ckpt(
+        tmp_path_factory.mktemp("tiny-mvdream-ckpt") / "tiny-4view.pt", tiny_mvdream_path
+    )

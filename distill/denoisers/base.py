@@ -30,6 +30,9 @@ class Denoiser(nn.Module, ABC):
         latent_size: side of x0 in latent space (64 for SD 2.1-base), None when not a latent model.
         load_config: the distill.models.ModelLoadConfig it was loaded with (None for built-in models):
                      text conditions follow it to the matching text encoder.
+        num_views:   how many consecutive batch entries are views of one object that the model denoises
+                     jointly (MVDream, the multi-view oracle: 4); 1 for per-image models. Batches are laid out
+                     object-major, all views of an object share one t.
     """
 
     schedule: NoiseSchedule
@@ -37,6 +40,7 @@ class Denoiser(nn.Module, ABC):
     image_size: int | None
     latent_size: int | None = None
     load_config: Any = None
+    num_views: int = 1
     Config: ClassVar[type | None] = None
 
     @classmethod

@@ -5,8 +5,7 @@ The views of one object attend to each other's tokens in the UNet's self-attenti
 (diffusers' AttnProcessor2_0, no xformers), and split back. Cross-attention (attn2) and the feed-forward stay
 per view. Every other op of a transformer block is per token, so regrouping around attn1 alone is exact.
 
-This is a slice of the multi-view issue (13): the camera embedding, checkpoint conversion and the guidance build
-on it.
+MVDreamDenoiser (mvdream.py) installs it on MVDream's UNet; the multi-view oracle is its exact analogue.
 """
 
 from __future__ import annotations

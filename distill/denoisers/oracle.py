@@ -35,11 +35,22 @@ def posterior_mean_x0(
     candidates: Float[Tensor, "K B C H W"],
     log_weights: Float[Tensor, "B K"],
     alpha_bar: Float[Tensor, "B"],
+    num_views: int = 1,
 ) -> Float[Tensor, "B C H W"]:
-    """E[x0 | x_t] for a mixture of point masses (Tweedie's formula for a discrete prior)."""
+    """E[x0 | x_t] for a mixture of point masses (Tweedie's formula for a discrete prior).
+
+    num_views: consecutive batch entries that are views of one object and share its hidden candidate k (the
+    multi-view oracle): the posterior p(k | all V views) ∝ pi_k · Π_v N(x_t^v; sqrt(ab)·x_k^v, (1 − ab)·I), so
+    their log-likelihoods add up. Each object's views share one t (and one row of log_weights).
+    """
     sqrt_ab = alpha_bar.sqrt()[None, :, None, None, None]
     sq_dist = (x_t[None] - sqrt_ab * candidates).pow(2).flatten(2).sum(-1)  # (K, B)
-    logits = log_weights.T - sq_dist / (2.0 * (1.0 - alpha_bar)[None, :])  # (K, B)
+    log_likelihood = -sq_dist / (2.0 * (1.0 - alpha_bar)[None, :])  # (K, B)
+    if num_views > 1:  # joint over each object's views: their likelihoods multiply, the prior counts once
+        k, b = log_likelihood.shape
+        joint = log_likelihood.reshape(k, b // num_views, num_views).sum(-1)
+        log_likelihood = joint.repeat_interleave(num_views, dim=1)
+    logits = log_weights.T + log_likelihood  # (K, B)
     posterior = torch.softmax(logits, dim=0)  # p(k | x_t)
     return (posterior[..., None, None, None] * candidates).sum(0)
 
@@ -73,6 +84,11 @@ class OracleDenoiser(Denoiser):
 
     @classmethod
     def from_config(cls, cfg: OracleConfig, run=None) -> OracleDenoiser:
+        return cls(cls.library(cfg, run))
+
+    @classmethod
+    def library(cls, cfg: OracleConfig, run=None) -> list[Scene]:
+        """The configured library (or the built-in scenes) plus the run's own scene(s)."""
         library = (
             [resolve_scene(s) for s in cfg.library]
             if cfg.library
@@ -81,7 +97,7 @@ class OracleDenoiser(Denoiser):
         for target in cls.ground_truths(cfg, run) if run is not None else []:
             if target.name not in [s.name for s in library]:
                 library.append(target)
-        return cls(library)
+        return library
 
     @classmethod
     def ground_truth(cls, cfg: OracleConfig | None, run) -> Scene:

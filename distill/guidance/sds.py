@@ -138,9 +138,22 @@ class SDSGuidance(Guidance):
         eps_hat = self.guided_eps(x_t, t, batch)
         weight = sds_weight(self.cfg.weighting, schedule.alpha_bar(t, x_t))
         grad = sds_gradient(eps_hat, noise, weight, self.cfg.grad_clip)
-        loss = injected_loss(x0, grad.to(x0.dtype))
+        return self.output(
+            {"guidance": injected_loss(x0, grad.to(x0.dtype))}, grad, t, x_t, eps_hat, return_images
+        )
+
+    def output(
+        self,
+        losses: dict[str, Tensor],
+        grad: Tensor,
+        t: Tensor,
+        x_t: Tensor,
+        eps_hat: Tensor,
+        return_images: bool,
+    ) -> GuidanceOutput:
+        """The GuidanceOutput of a step: its losses, the injected gradient's mean norm, the x0 preview if asked."""
         images = {}
         if return_images or self.cfg.return_images:
-            images = self.preview(x_t, eps_hat, t, x0.dtype)
+            images = self.preview(x_t, eps_hat, t, x_t.dtype)
         grad_norm = grad.detach().flatten(1).norm(dim=-1).mean()
-        return GuidanceOutput(losses={"guidance": loss}, grad_norm=grad_norm, t=t, images=images)
+        return GuidanceOutput(losses=losses, grad_norm=grad_norm, t=t, images=images)

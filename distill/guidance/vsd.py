@@ -121,8 +121,4 @@ class VSDGuidance(SDSGuidance):
             "guidance": injected_loss(x0, grad.to(x0.dtype)),
             "particle": self.particle_score.loss(particles, step, self.generator),
         }
-        images = {}
-        if return_images or self.cfg.return_images:
-            images = self.preview(x_t, eps_pretrained, t, x0.dtype)
-        grad_norm = grad.detach().flatten(1).norm(dim=-1).mean()
-        return GuidanceOutput(losses=losses, grad_norm=grad_norm, t=t, images=images)
+        return self.output(losses, grad, t, x_t, eps_pretrained, return_images)

@@ -366,6 +366,11 @@ class Runner:
                 f"PSNR vs analytic ground truth: {metrics['psnr']:.2f} dB (min {metrics['psnr_min']:.2f} dB) over"
                 f" {metrics['psnr_views']} held-out views"
             )
+        if "psnr_aligned" in metrics:
+            print(
+                f"  aligned: {metrics['psnr_aligned']:.2f} dB with the scene turned by"
+                f" {metrics['aligned_azimuth_deg']:.0f}° about the up axis"
+            )
         for row in metrics.get("particles", []):
             print(
                 f"  particle {row['index']}: {row['scene']}, {row['psnr']:.2f} dB (min {row['psnr_min']:.2f} dB)"

@@ -16,11 +16,13 @@ EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 TINY_MODELS = {
     "stabilityai/stable-diffusion-2-1-base": "tiny_sd_path",
     "DeepFloyd/IF-I-XL-v1.0": "tiny_if_path",
+    "ashawkey/mvdream-sd2.1-diffusers": "tiny_mvdream_path",
 }
 NERF = "geometry.nerf.field.ImplicitVolume"
 GAUSSIANS = "geometry.gaussians.model.GaussianModel"
 DMTET = "geometry.dmtet.geometry.DMTetGeometry"
 DIFFUSERS = "distill.denoisers.diffusers_unet.DiffusersDenoiser"
+MVDREAM = "distill.denoisers.mvdream.MVDreamDenoiser"
 
 
 def composed(experiment: str) -> dict:
@@ -64,7 +66,7 @@ def _geometry_overrides(geometry: dict, prefix: str) -> list[str]:
 def _guidance_overrides(guidance: dict, prefix: str, tiny_model) -> list[str]:
     """The tiny random model in place of the one a guidance section names; tiny_model(model id) → its folder."""
     denoiser = guidance.get("denoiser", {})
-    if denoiser.get("_target_") != DIFFUSERS:
+    if denoiser.get("_target_") not in (DIFFUSERS, MVDREAM):
         return []
     return [
         f"{prefix}.guidance.denoiser.pretrained_model_name_or_path={tiny_model(denoiser['pretrained_model_name_or_path'])}",
@@ -102,7 +104,8 @@ def _stage_overrides(cfg: dict, i: int, stage: dict, tiny_model) -> list[str]:
 def tiny_overrides(experiment: str, tiny_model) -> tuple[list[str], int]:
     """(overrides, steps of the final stage) for a 2-steps-per-stage run of `experiment` at 32²."""
     cfg = composed(experiment)
-    common = [*TINY_RUN, "data.resolution_milestones=[]", "data.batch_size=[1]"]
+    views = cfg.get("data", {}).get("n_view", 1)  # multi-view recipes: one object of n_view views
+    common = [*TINY_RUN, "data.resolution_milestones=[]", f"data.batch_size=[{views}]"]
     stages = cfg.get("stages") or []
     if not stages:
         steps = ["trainer.max_steps=2", "trainer.val_check_interval=1"]

@@ -102,3 +102,44 @@ def test_orbits_are_deterministic_and_even():
 def test_bad_ranges_are_rejected(bad):
     with pytest.raises(ValueError):
         RandomCameraSampler(RandomCameraConfig(**bad))
+
+
+def test_multiview_batches_share_everything_but_a_90_degree_azimuth_step():
+    cfg = RandomCameraConfig(batch_size=[8], n_view=4, elevation_range=[0.0, 30.0], fovy_range=[15.0, 60.0])
+    cfg.distance_range, cfg.relative_radius = [0.8, 1.0], True
+    cams = RandomCameraSampler(cfg).sample(3)
+    for o in (0, 4):
+        view = slice(o, o + 4)
+        assert torch.allclose(cams.elevation[view], cams.elevation[o].expand(4))
+        assert torch.allclose(cams.fovy[view], cams.fovy[o].expand(4))
+        step = torch.remainder(cams.azimuth[view].diff(), 360.0)
+        assert torch.allclose(step, torch.full((3,), 90.0), atol=1e-3)
+        # relative radius (MVDream): the sampled distance over tan(fovy / 2)
+        scaled = cams.distance[o] * torch.tan(cams.fovy[o] / 2)
+        assert 0.8 - 1e-5 <= float(scaled) <= 1.0 + 1e-5
+    # the perturbation is one per object: the 4 camera positions of an object keep one elevation exactly
+    position = cams.c2w[:4, :3, 3]
+    assert not torch.allclose(cams.azimuth[:4], cams.azimuth[4:])
+    assert torch.allclose(position[:, 2].std(), torch.tensor(0.0), atol=0.2)
+
+
+def test_single_view_stream_is_unchanged_by_the_multiview_options():
+    """n_view = 1 draws exactly what the sampler drew before multi-view batches existed (resumed runs)."""
+    cfg = RandomCameraConfig(batch_size=[4], camera_perturb=0.0, center_perturb=0.0, up_perturb=0.0)
+    cams = RandomCameraSampler(cfg).sample(7)
+    gen = torch.Generator().manual_seed(7)
+    for _ in range(3):  # the elevation: a uniform draw, an area-uniform draw and the choice between them
+        torch.rand(4, generator=gen)
+    strata = (torch.arange(4) + torch.rand(4, generator=gen)) / 4
+    assert torch.allclose((-180.0 + 360.0 * strata + 180.0) % 360.0 - 180.0, cams.azimuth)
+
+
+def test_angle_step_snaps_to_a_lattice_and_bad_multiview_settings_are_named():
+    cfg = RandomCameraConfig(batch_size=[4], n_view=4, angle_step=5.0, camera_perturb=0.0)
+    cams = RandomCameraSampler(cfg).sample(11)
+    assert torch.equal(torch.remainder(cams.azimuth, 5.0), torch.zeros(4))
+    assert torch.equal(torch.remainder(cams.elevation, 5.0), torch.zeros(4))
+    with pytest.raises(ValueError, match="multiples of data.n_view"):
+        RandomCameraSampler(RandomCameraConfig(batch_size=[6], n_view=4))
+    with pytest.raises(ValueError, match="angle_step"):
+        RandomCameraSampler(RandomCameraConfig(angle_step=-1.0))
